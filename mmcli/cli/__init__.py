@@ -1,0 +1,90 @@
+"""The command line: every command is registered here, and ``main()`` runs them.
+
+Importing this module must stay cheap: no torch, no numpy. Each command file
+imports the library it needs inside its function.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import UserError
+from . import score as _score
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import ClickException as _ClickException
+
+app = typer.Typer(
+    name="mmcli",
+    help="mmcli: a compact, offline-first vision-language toolkit. "
+    "Score captions, VQA answers and retrieval rankings with the standard metrics, no Java needed.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mmcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """mmcli: a compact, offline-first vision-language toolkit."""
+
+
+# The table of contents: one line per command.
+app.command("score", help=_score.HELP, epilog=_score.EPILOG, short_help=_score.SHORT)(_score.score)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    sys.stderr.write(f"mmcli: error: {message}\n")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and exit code 2.
+
+    ``MMCLI_DEBUG=1`` lets every exception through with its traceback.
+    """
+    debug = os.environ.get("MMCLI_DEBUG", "") not in ("", "0")
+    try:
+        rv = app(args=argv, prog_name="mmcli", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except UserError as e:
+        if debug:
+            raise
+        return _fail(str(e))
+    except _ClickException as e:  # bad flags, missing arguments
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `mmcli`: show the help
+            sys.stdout.write(e.format_message() + "\n")
+            return 0
+        if debug:
+            raise
+        ctx = getattr(e, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        msg = " ".join(e.format_message().replace("Value error, ", "").split())
+        return _fail(f"{msg}{where}", getattr(e, "exit_code", 2) or 2)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("mmcli: interrupted\n")
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except BrokenPipeError:  # `mmcli score ... | head`
+        return 0

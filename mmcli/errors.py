@@ -1,0 +1,15 @@
+"""The one exception type for mistakes a user can make (bad files, bad flags).
+
+The CLI's ``main()`` turns a :class:`UserError` into one line on stderr and exit
+code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input, explained in one line.
+
+    Name the input (file path, flag) and the problem, e.g.
+    ``UserError("preds.json: image 42 has two predictions")``.
+    """
