@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+COCO = SHARED / "data" / "coco-captions"
+
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """Every test runs in its own empty working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MMCLI_DEBUG", raising=False)
+
+
+@pytest.fixture
+def coco_dir() -> Path:
+    if not COCO.is_dir():
+        pytest.skip(f"{COCO} is missing (the shared data folder is not beside the repository)")
+    return COCO
+
+
+@pytest.fixture
+def java() -> str:
+    path = shutil.which("java")
+    if path is None:
+        pytest.skip("java is not installed (pycocoevalcap's tokenizer needs Java)")
+    pytest.importorskip("pycocoevalcap", reason="pycocoevalcap is not installed (pip install -e '.[test]')")
+    return path
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``mmcli ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from mmcli.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def write(path: str | os.PathLike, text: str) -> Path:
+    p = Path(path)
+    p.write_text(text, encoding="utf-8")
+    return p
