@@ -91,7 +91,7 @@ REFS = json.dumps({"1": ["a dog runs", "the dog runs"], "2": ["a cat sleeps"]})
 @pytest.mark.parametrize(
     "preds_text, refs_text, expect",
     [
-        (None, REFS, "no such file"),
+        (None, REFS, "file not found"),
         ("{not json", REFS, "invalid JSON at line 1"),
         (json.dumps({"1": "a dog", "2": "a cat", "3": "a bus"}), REFS, "not in"),
         (json.dumps({"1": "a dog"}), REFS, "have no prediction"),

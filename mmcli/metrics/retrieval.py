@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcli.errors import UserError
-from mmcli.metrics.vqa import located_items, parse_id, read_json_or_jsonl
+from mmcli.metrics.jsonio import located_items, parse_id, read_json_or_jsonl
 
 DIRECTIONS = ("text_to_image", "image_to_text")
 _SHORT = {"text_to_image": "t2i", "image_to_text": "i2t"}
