@@ -150,3 +150,19 @@ def test_library_metrics_are_named_separately():
     assert res.scores["sacrebleu"] == pytest.approx(100.0)
     assert res.scores["rouge_score_l"] == pytest.approx(1.0)
     assert "sacrebleu:nrefs:2" in res.signature
+
+
+def test_vectorised_rouge_equals_plain_python():
+    from mmcli.metrics.rouge import rouge_l_corpus
+
+    rng = random.Random(1)
+    words = "a b c d e f".split()
+    cands, refs = [], []
+    for i in range(300):
+        cands.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, 70))))
+        refs.append([" ".join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(rng.randint(1, 4))])
+    # irregular spacing and empty strings take the plain path; results must not change
+    cands[0], refs[1][0], cands[2] = " a  b ", "", ""
+    got = rouge_l_corpus(build(cands, refs), cands, refs)
+    want = [rouge_l_image(c, rs) for c, rs in zip(cands, refs)]
+    assert got == pytest.approx(want, rel=1e-15, abs=0)

@@ -119,10 +119,9 @@ def score_captions(
 
     if any(m in COCO_METRICS for m in metrics):
         tok_c, tok_r = _tokenize(cands, references, tokenize)
-        if "bleu" in metrics or "cider_d" in metrics:
-            from .ngrams import build
+        from .ngrams import build
 
-            cc = build(tok_c, tok_r, n=4)
+        cc = build(tok_c, tok_r, n=4)  # token ids and n-gram counts, shared by the three
         if "bleu" in metrics:
             from .bleu import bleu
 
@@ -134,7 +133,7 @@ def score_captions(
         if "rouge_l" in metrics:
             from .rouge import rouge_l
 
-            scores["rouge_l"], per_image["rouge_l"] = rouge_l(tok_c, tok_r)
+            scores["rouge_l"], per_image["rouge_l"] = rouge_l(tok_c, tok_r, cc)
             sig.append("rouge-l:lcs,beta=1.2")
         if "cider_d" in metrics:
             from .cider import cider_d

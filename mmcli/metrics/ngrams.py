@@ -39,6 +39,7 @@ class Corpus:
 
     lengths: np.ndarray  # int64 (S,): tokens per sentence
     orders: list[NgramCounts]  # orders[k] holds the (k+1)-grams
+    tok: np.ndarray  # int64 (T,): token ids, sentence after sentence (equal ids = equal tokens)
 
 
 def encode(sentences: list[str], n: int = 4) -> Corpus:
@@ -87,7 +88,7 @@ def encode(sentences: list[str], n: int = 4) -> Corpus:
         starts = np.flatnonzero(new_row)
         count = np.diff(np.r_[starts, full.size])
         orders.append(NgramCounts(full[starts] % n_sent, dense[starts], count, int(dense[-1]) + 1))
-    return Corpus(lengths=lengths, orders=orders)
+    return Corpus(lengths=lengths, orders=orders, tok=tok)
 
 
 def first_of_runs(a: np.ndarray) -> np.ndarray:
