@@ -10,7 +10,7 @@ the per-round ratios. Needs ../shared/data/coco-captions, pycocoevalcap and Java
 Contenders (the same input text on both sides):
   cider      pycocoevalcap Cider().compute_score  vs  mmcli n-gram counting + cider_d
   bleu       pycocoevalcap Bleu(4).compute_score  vs  mmcli n-gram counting + bleu
-  rouge      pycocoevalcap Rouge().compute_score  vs  mmcli rouge_l
+  rouge      pycocoevalcap Rouge().compute_score  vs  mmcli n-gram counting (token ids) + rouge_l
   (all three on the PTB-tokenized files)
   whole      pycocoevalcap PTBTokenizer on refs + preds (two JVM runs, tokenization alone)
              vs  the whole `mmcli score PREDS REFS` command in a fresh process (start-up,
@@ -39,9 +39,14 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def cpu_busy_other() -> float:
-    """Load average minus our own process: a hint that something else was running."""
-    return os.getloadavg()[0]
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process and its children)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
 
 
 def main() -> None:
@@ -76,22 +81,24 @@ def main() -> None:
     contenders = {
         "cider": (lambda: Cider().compute_score(refs_tok, res), lambda: cider_d(build(cands, refs))),
         "bleu": (lambda: Bleu(4).compute_score(refs_tok, res, verbose=0), lambda: bleu(build(cands, refs))),
-        "rouge": (lambda: Rouge().compute_score(refs_tok, res), lambda: rouge_l(cands, refs)),
+        "rouge": (lambda: Rouge().compute_score(refs_tok, res), lambda: rouge_l(cands, refs, build(cands, refs))),
         "whole": (
             lambda: (PTBTokenizer().tokenize(tok_in_refs), PTBTokenizer().tokenize(tok_in_preds)),
             lambda: subprocess.run(cli, check=True, capture_output=True),
         ),
     }
     times = {name: ([], []) for name in contenders}
-    loads = []
+    others = []  # CPU seconds used by other processes during each round
     for r in range(args.rounds):
-        loads.append(cpu_busy_other())
+        busy0, own0 = cpu_seconds()
         for name, (theirs, ours) in contenders.items():
             # alternate who goes first, so neither always gets the warmer caches
             order = [(0, theirs), (1, ours)] if r % 2 == 0 else [(1, ours), (0, theirs)]
             for side, fn in order:
                 times[name][side].append(timed(fn))
-        print(f"round {r + 1}/{args.rounds} done (load avg {loads[-1]:.2f})", file=sys.stderr)
+        busy1, own1 = cpu_seconds()
+        others.append(max(0.0, (busy1 - busy0) - (own1 - own0)))
+        print(f"round {r + 1}/{args.rounds} done (other processes: {others[-1]:.2f} CPU s)", file=sys.stderr)
 
     print(f"\n{len(ids)} images, {sum(map(len, refs))} references; {args.rounds} interleaved rounds")
     print("| contender | pycocoevalcap (median s) | mmcli (median s) | speed-up (median of per-round ratios) |")
@@ -107,7 +114,7 @@ def main() -> None:
         ratio = statistics.median(t / o for t, o in zip(theirs, ours))
         report[name] = {"pycocoevalcap": theirs, "mmcli": ours, "ratio_median": ratio}
         print(f"| {labels[name]} | {statistics.median(theirs):.3f} | {statistics.median(ours):.3f} | {ratio:.1f}x |")
-    print(f"\nload average at the start of each round: {', '.join(f'{x:.2f}' for x in loads)}")
+    print(f"\nCPU seconds used by other processes in each round: {', '.join(f'{x:.2f}' for x in others)}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

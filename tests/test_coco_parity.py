@@ -58,7 +58,8 @@ def check_raw(coco_dir, stem):
     ours = score_captions(preds, refs, tokenize="ptb").scores
     theirs = pycoco_scores(pycoco_tokenize(refs), pycoco_tokenize({k: preds[k] for k in refs}))
     for k in KEYS:
-        assert abs(ours[k] - theirs[k]) <= 1e-4, (stem, k, ours[k], theirs[k])
+        # the tokenizer reproduces the Java output on these files, so the bound is the same 1e-9
+        assert abs(ours[k] - theirs[k]) <= 1e-9, (stem, k, ours[k], theirs[k])
 
 
 @pytest.mark.parametrize("stem", SMALL)

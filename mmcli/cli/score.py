@@ -112,7 +112,7 @@ def score(
         Optional[Path],
         typer.Option(
             "--per-image",
-            help="Also write per-image (per-question for VQA) scores to this JSON file.",
+            help="Also write per-image scores (per question for VQA, per query rank for retrieval) to this JSON file.",
             show_default=False,
             dir_okay=False,
         ),
@@ -137,7 +137,7 @@ def score(
     if per_image is not None:
         from ..fileio import atomic_write_text
 
-        atomic_write_text(per_image, json.dumps(report.per_item, indent=1) + "\n")
+        atomic_write_text(per_image, json.dumps(report.per_item(), indent=1) + "\n")
     if as_json:
         out = report.to_dict()
         if per_image is not None:
@@ -169,7 +169,8 @@ def _print_table(report) -> None:
 
     console = Console()
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
-    table = Table(title=f"mmcli score: {report.task}", caption=counts, title_justify="left", caption_justify="left")
+    console.print(f"[b]mmcli score[/b]: {report.task} ({counts})")
+    table = Table()
     table.add_column("metric")
     table.add_column("score", justify="right")
     for name, value in report.scores.items():

@@ -163,8 +163,11 @@ def _tokenize(cands: list[str], refs: list[list[str]], how: str) -> tuple[list[s
         return cands, refs
     from .tokenize import ptb_tokenize_batch
 
-    flat = ptb_tokenize_batch(cands + [r for rs in refs for r in rs])
-    out_c, pos, out_r = flat[: len(cands)], len(cands), []
+    # two batches, as pycocoevalcap runs the Java tokenizer once per side: the
+    # lexer looks across caption boundaries, so the split point matters
+    out_c = ptb_tokenize_batch(cands)
+    flat = ptb_tokenize_batch([r for rs in refs for r in rs])
+    pos, out_r = 0, []
     for rs in refs:
         out_r.append(flat[pos : pos + len(rs)])
         pos += len(rs)

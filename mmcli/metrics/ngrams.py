@@ -42,31 +42,47 @@ class Corpus:
     tok: np.ndarray  # int64 (T,): token ids, sentence after sentence (equal ids = equal tokens)
 
 
+def _token_ids(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of all sentences, one after another, and tokens per sentence.
+
+    Equal tokens get equal ids; ids are below the number of tokens (numbered by
+    first occurrence, not dense). One ``split()`` of the joined text is much
+    faster than one per sentence; a NUL token marks the sentence boundaries.
+    """
+    vocab: dict[str, int] = {}
+    flat = " \x00 ".join(sentences).split()
+    ids = np.fromiter(map(vocab.setdefault, flat, range(len(flat))), dtype=np.int64, count=len(flat))
+    sep_id = vocab.get("\x00", -1)
+    sep = np.flatnonzero(ids == sep_id)
+    if sep.size == max(len(sentences) - 1, 0):
+        lengths = np.diff(np.concatenate([[-1], sep, [ids.size]])) - 1 if sentences else np.zeros(0, np.int64)
+        return ids[ids != sep_id], lengths.astype(np.int64)
+    # some sentence holds a lone NUL token itself: split sentence by sentence
+    split = [s.split() for s in sentences]
+    vocab = {}
+    n_tok = sum(map(len, split))
+    ids = np.fromiter(map(vocab.setdefault, itertools.chain.from_iterable(split), range(n_tok)), np.int64, n_tok)
+    return ids, np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+
+
 def encode(sentences: list[str], n: int = 4) -> Corpus:
     """Count the 1..n-grams of every sentence (tokens = ``s.split()``).
 
-    One sort per order: positions are sorted by (n-gram key, sentence), which
-    gives the counts (runs of equal keys), dense n-gram ids (runs of equal
-    n-grams) and rows already grouped the way BLEU and CIDEr-D join them.
+    One sort per order: the n-gram starting positions are sorted by (n-gram,
+    position), which gives dense n-gram ids (runs of equal n-grams), the counts
+    (runs of equal n-gram and sentence, since positions run sentence by
+    sentence) and rows already grouped the way BLEU and CIDEr-D join them.
     """
-    split = [s.split() for s in sentences]
-    lengths = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
-    n_tok = int(lengths.sum())
-    vocab: dict[str, int] = {}
-    # setdefault(token, position) numbers each new token by where it first
-    # occurs: ids are not dense but stay below n_tok, which is all we need.
-    tok = np.fromiter(
-        map(vocab.setdefault, itertools.chain.from_iterable(split), range(n_tok)), dtype=np.int64, count=n_tok
-    )
-    n_sent = max(len(sentences), 1)
+    tok, lengths = _token_ids(sentences)
+    n_tok = tok.size
     sent = np.repeat(np.arange(len(sentences), dtype=np.int64), lengths)  # (T,)
     # rem[i]: tokens from position i to the end of its sentence, i included;
     # a k-gram starts at i only if rem[i] >= k.
     rem = np.repeat(np.cumsum(lengths), lengths) - np.arange(n_tok, dtype=np.int64)
-
+    pos_bits = max(n_tok.bit_length(), 1)
     orders: list[NgramCounts] = []
-    gram = tok  # (T,) id of the (k-1)-gram starting at each position
-    width = n_tok + 1  # ids of the previous order and token ids are both below this
+    prev = tok  # (T,) id of the (k-1)-gram starting at each position
+    key_bound = n_tok  # every key of this order is below this
     for k in range(1, n + 1):
         pos = np.flatnonzero(rem >= k)  # positions where a k-gram starts
         if pos.size == 0:  # no sentence is this long
@@ -75,19 +91,28 @@ def encode(sentences: list[str], n: int = 4) -> Corpus:
             continue
         if k == 1:
             key = tok[pos]
-        else:  # the k-gram at i is the (k-1)-gram at i followed by token i+k-1
-            key = gram[pos] * width + tok[pos + (k - 1)]
-        full = key * n_sent + sent[pos]  # < n_tok**2 * n_sent: fits int64 for any real corpus
-        order = np.argsort(full)
-        full, key = full[order], key[order]
-        new_row = first_of_runs(full)
-        new_gram = first_of_runs(key)
+        else:  # the k-gram at i is the (k-1)-gram at i followed by the unigram at i+k-1
+            key = prev[pos] * n_uni + unigram[pos + (k - 1)]
+        if key_bound.bit_length() + pos_bits <= 62:
+            # key and position packed in one int64: a plain sort, faster than argsort
+            packed = np.sort((key << pos_bits) | pos)
+            s_pos, s_key = packed & ((1 << pos_bits) - 1), packed >> pos_bits
+        else:  # a huge corpus: stable argsort keeps positions in order within a key
+            o = np.argsort(key, kind="stable")
+            s_pos, s_key = pos[o], key[o]
+        s_sent = sent[s_pos]
+        new_gram = first_of_runs(s_key)
         dense = np.cumsum(new_gram) - 1  # (P,) dense id of the k-gram, in sorted order
-        gram = np.empty(n_tok, dtype=np.int64)
-        gram[pos[order]] = dense  # back to position order, for the next order
+        n_grams = int(dense[-1]) + 1
+        prev = np.empty(n_tok, dtype=np.int64)
+        prev[s_pos] = dense  # back to position order, for the next order
+        if k == 1:
+            unigram, n_uni = prev, n_grams
+        key_bound = n_grams * n_uni
+        new_row = new_gram | first_of_runs(s_sent)  # a new (gram, sentence) pair
         starts = np.flatnonzero(new_row)
-        count = np.diff(np.r_[starts, full.size])
-        orders.append(NgramCounts(full[starts] % n_sent, dense[starts], count, int(dense[-1]) + 1))
+        count = np.diff(np.append(starts, s_key.size))
+        orders.append(NgramCounts(s_sent[starts], dense[starts], count, n_grams))
     return Corpus(lengths=lengths, orders=orders, tok=tok)
 
 

@@ -40,7 +40,16 @@ class ScoreReport:
     groups: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. per answer type
     counts: dict[str, int] = field(default_factory=dict)  # e.g. references, queries per direction
     warnings: list[str] = field(default_factory=list)
-    per_item: list[dict] = field(default_factory=list)  # one row per image / question
+    item_key: str = "image_id"  # what a per-item row is keyed by
+    item_ids: list[str] = field(default_factory=list)
+    item_scores: dict[str, list[float]] = field(default_factory=dict)  # metric -> one value per item
+
+    def per_item(self) -> list[dict]:
+        """One row per image (or question): its id and its scores."""
+        names = list(self.item_scores)
+        return [
+            {self.item_key: iid, **{m: self.item_scores[m][k] for m in names}} for k, iid in enumerate(self.item_ids)
+        ]
 
     def to_dict(self) -> dict:
         return {
@@ -79,10 +88,6 @@ def _captions(preds, refs, opts: ScoreOptions) -> ScoreReport:
         restrict_to_preds=opts.restrict_to_preds,
         names=(str(preds), str(refs)),
     )
-    names = list(res.per_image)
-    rows = [
-        {"image_id": iid, **{m: res.per_image[m][k] for m in names}} for k, iid in enumerate(res.image_ids)
-    ]
     return ScoreReport(
         task="caption",
         scores=dict(res.scores),
@@ -90,7 +95,8 @@ def _captions(preds, refs, opts: ScoreOptions) -> ScoreReport:
         signature=res.signature,
         counts={"images": len(res.image_ids), "references": res.n_references},
         warnings=res.warnings,
-        per_item=rows,
+        item_ids=res.image_ids,
+        item_scores=res.per_image,
     )
 
 
@@ -110,7 +116,9 @@ def _vqa(preds, refs, opts: ScoreOptions) -> ScoreReport:
         signature=res.signature,
         groups=groups,
         counts={"questions": res.n_questions},
-        per_item=[{"question_id": q, "accuracy": a} for q, a in res.per_question.items()],
+        item_key="question_id",
+        item_ids=list(res.per_question),
+        item_scores={"accuracy": list(res.per_question.values())},
     )
 
 
@@ -125,4 +133,7 @@ def _retrieval(preds, refs, opts: ScoreOptions) -> ScoreReport:
         signature=res.signature,
         counts=res.counts(),
         warnings=list(res.warnings),
+        item_key="query",  # per-query rank (None: beyond a truncated list)
+        item_ids=[f"{name}:{q}" for name, d in res.directions().items() for q in d.ranks],
+        item_scores={"rank": [r for d in res.directions().values() for r in d.ranks.values()]},
     )
