@@ -13,3 +13,9 @@ class UserError(Exception):
     Name the input (file path, flag) and the problem, e.g.
     ``UserError("preds.json: image 42 has two predictions")``.
     """
+
+
+def examples(ids: list, k: int = 3) -> str:
+    """The first ``k`` of ``ids`` for an error message: ``'a', 'b', 'c' and 4 more``."""
+    shown = ", ".join(repr(i) for i in ids[:k])
+    return shown + (f" and {len(ids) - k} more" if len(ids) > k else "")

@@ -146,3 +146,27 @@ def test_debug_env_shows_traceback(tmp_path):
     env = dict(os.environ, MMCLI_DEBUG="1")
     r = subprocess.run([sys.executable, "-m", "mmcli", "score", "nope.json", "nope.json"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr and "UserError" in r.stderr
+
+
+def test_vqa_and_retrieval_examples(run_cli, tmp_path):
+    code, out, err = run_cli("score", EX / "vqa_preds.json", EX / "vqa_annotations.json", "--task", "vqa", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["scores"]["vqa_accuracy"] == pytest.approx(82.5)
+    assert set(data["groups"]["per answer type"]) == {"yes/no", "number", "other"}
+    code, out, err = run_cli("score", EX / "vqa_preds.json", EX / "vqa_annotations.json", "--task", "vqa", "--vqa-normalize", "always", "--json")
+    assert code == 0 and "norm:always" in json.loads(out)["signature"]
+    per = tmp_path / "ranks.json"
+    code, out, err = run_cli("score", EX / "retrieval_ranking.json", EX / "retrieval_gt.json", "--task", "retrieval", "--json", "--per-image", per)
+    assert code == 0, err
+    scores = json.loads(out)["scores"]
+    assert scores["t2i_R@1"] == pytest.approx(62.5) and scores["i2t_R@1"] == pytest.approx(50.0)
+    assert len(json.loads(per.read_text())) == 8 + 4
+
+
+def test_vqa_mismatch_names_both_files(run_cli, tmp_path):
+    preds = write(tmp_path / "answers.json", json.dumps({"101": "brown"}))
+    code, _, err = run_cli("score", preds, EX / "vqa_annotations.json", "--task", "vqa")
+    assert code == 2
+    line = one_error_line(err)
+    assert "answers.json" in line and "vqa_annotations.json" in line and "no prediction" in line

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, examples
 
 COCO_METRICS = ("bleu", "rouge_l", "cider_d")
 LIBRARY_METRICS = ("sacrebleu", "rouge_score")
@@ -55,7 +55,7 @@ def align(
     extra = [i for i in preds if i not in refs]
     if extra:
         raise UserError(
-            f"{preds_name}: {len(extra)} prediction(s) for images not in {refs_name} (e.g. {_few(extra)})"
+            f"{preds_name}: {len(extra)} prediction(s) for images not in {refs_name} (e.g. {examples(extra)})"
         )
     multi = [i for i, c in preds.items() if len(c) > 1]
     if multi:
@@ -68,7 +68,7 @@ def align(
     if missing and not restrict_to_preds:
         raise UserError(
             f"{preds_name}: {len(missing)} of {len(ids)} images in {refs_name} have no prediction "
-            f"(e.g. {_few(missing)}); pass --restrict-to-preds to score only the predicted images "
+            f"(e.g. {examples(missing)}); pass --restrict-to-preds to score only the predicted images "
             "(CIDEr-D then differs from the full-set value)"
         )
     if missing:
@@ -76,7 +76,7 @@ def align(
         ids = [i for i in ids if i in have]
     no_refs = [i for i in ids if not refs[i]]
     if no_refs:
-        raise UserError(f"{refs_name}: {len(no_refs)} image(s) have no reference captions (e.g. {_few(no_refs)})")
+        raise UserError(f"{refs_name}: {len(no_refs)} image(s) have no reference captions (e.g. {examples(no_refs)})")
     cands = [preds[i][0] for i in ids]
     references = [refs[i] for i in ids]
     warnings = []
@@ -199,8 +199,3 @@ def _rouge_score(cands: list[str], refs: list[list[str]]) -> tuple[float, list[f
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     per = [scorer.score_multi(rs, c)["rougeL"].fmeasure for c, rs in zip(cands, refs)]
     return sum(per) / len(per), per
-
-
-def _few(ids: list[str], k: int = 3) -> str:
-    shown = ", ".join(ids[:k])
-    return shown + (", ..." if len(ids) > k else "")

@@ -6,6 +6,7 @@ This is what ``mmcli score`` calls; the CLI only renders the returned
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,15 @@ def score_files(preds: str | Path, refs: str | Path, opts: ScoreOptions = ScoreO
     raise UserError(f"unknown task {opts.task!r}; choose from {', '.join(TASKS)}")
 
 
+@contextmanager
+def _naming(preds, refs):
+    """Name both files in an error found while matching one against the other."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(f"{preds} vs {refs}: {e}") from None
+
+
 def _captions(preds, refs, opts: ScoreOptions) -> ScoreReport:
     from .captions import DEFAULT_METRICS, score_captions
     from .formats import load_captions
@@ -103,7 +113,9 @@ def _captions(preds, refs, opts: ScoreOptions) -> ScoreReport:
 def _vqa(preds, refs, opts: ScoreOptions) -> ScoreReport:
     from .vqa import load_vqa_predictions, load_vqa_references, vqa_accuracy
 
-    res = vqa_accuracy(load_vqa_predictions(preds), load_vqa_references(refs), variant=opts.vqa_normalize)
+    p, r = load_vqa_predictions(preds), load_vqa_references(refs)
+    with _naming(preds, refs):
+        res = vqa_accuracy(p, r, variant=opts.vqa_normalize)
     groups = {}
     if res.per_answer_type:
         groups["per answer type"] = dict(res.per_answer_type)
@@ -125,7 +137,9 @@ def _vqa(preds, refs, opts: ScoreOptions) -> ScoreReport:
 def _retrieval(preds, refs, opts: ScoreOptions) -> ScoreReport:
     from .retrieval import load_ranking, load_retrieval_gt, retrieval_recall
 
-    res = retrieval_recall(load_ranking(preds), load_retrieval_gt(refs), ks=opts.ks)
+    p, r = load_ranking(preds), load_retrieval_gt(refs)
+    with _naming(preds, refs):
+        res = retrieval_recall(p, r, ks=opts.ks)
     return ScoreReport(
         task="retrieval",
         scores=res.scores(),

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmcli.errors import UserError
+from mmcli.errors import UserError, examples
 from mmcli.metrics.jsonio import located_items, parse_id, read_json_or_jsonl
 
 DIRECTIONS = ("text_to_image", "image_to_text")
@@ -107,11 +107,6 @@ class RetrievalResult:
         return asdict(self)
 
 
-def _examples(ids: list[str], k: int = 3) -> str:
-    shown = ", ".join(repr(i) for i in ids[:k])
-    return shown + (f" and {len(ids) - k} more" if len(ids) > k else "")
-
-
 # ---------------------------------------------------------------------------
 # Shapes (shared by the loaders and by in-memory arguments)
 # ---------------------------------------------------------------------------
@@ -151,7 +146,7 @@ def _ranking_shape(data: Any, name: str) -> Ranking:
                         f"'image_to_text', got {type(data).__name__}")
     unknown = [str(k) for k in data if k not in DIRECTIONS]
     if unknown:
-        raise UserError(f"{name}: unknown key(s) {_examples(unknown)} (expected "
+        raise UserError(f"{name}: unknown key(s) {examples(unknown)} (expected "
                         "'text_to_image' and/or 'image_to_text')")
     out = {d: _direction_block(data[d], name, d) for d in DIRECTIONS if data.get(d) is not None}
     if not out:
@@ -249,11 +244,11 @@ def _coco_gt(data: dict[str, Any], name: str) -> dict[str, list[str]]:
     uncaptioned = [i for i in listed if i not in out]
     if uncaptioned:
         raise UserError(f"{name}: {len(uncaptioned)} image(s) in 'images' have no caption "
-                        f"annotation: {_examples(uncaptioned)}")
+                        f"annotation: {examples(uncaptioned)}")
     unlisted = sorted(set(out) - set(listed))
     if unlisted:
         raise UserError(f"{name}: annotations refer to image(s) not in 'images': "
-                        f"{_examples(unlisted)}")
+                        f"{examples(unlisted)}")
     return out
 
 
@@ -303,17 +298,17 @@ def _check_ids(block: dict[str, list[str]], direction: str, queries: Mapping[str
     unknown = [q for q in block if q not in queries]
     if unknown:
         raise UserError(f"ranking: {direction}: {len(unknown)} query id(s) are not {q_kind} "
-                        f"ids of the ground truth: {_examples(unknown)}")
+                        f"ids of the ground truth: {examples(unknown)}")
     missing = [q for q in queries if q not in block]
     if missing:
         raise UserError(f"ranking: {direction}: {len(missing)} {q_kind}(s) of the ground truth "
-                        f"have no ranked list: {_examples(missing)}")
+                        f"have no ranked list: {examples(missing)}")
     bad = list(dict.fromkeys(i for lst in block.values() for i in lst if i not in items))
     if bad:
         hint = (" (they are query ids: are the directions swapped?)"
                 if all(i in queries for i in bad) else "")
         raise UserError(f"ranking: {direction}: {len(bad)} ranked id(s) are not {i_kind} "
-                        f"ids of the ground truth: {_examples(bad)}{hint}")
+                        f"ids of the ground truth: {examples(bad)}{hint}")
 
 
 def _first_hit(ranked: list[str], targets: set[str]) -> int | None:

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mmcli.errors import UserError
+from mmcli.errors import UserError, examples
 from mmcli.metrics.jsonio import located_items, parse_id, read_json_or_jsonl
 
 VARIANTS = ("official", "always")
@@ -232,11 +232,6 @@ def question_accuracy(answers: list[str], prediction: str, variant: str = "offic
     return float(sum(accs)) / len(accs)
 
 
-def _examples(ids: list[str], k: int = 3) -> str:
-    shown = ", ".join(repr(i) for i in ids[:k])
-    return shown + (f" and {len(ids) - k} more" if len(ids) > k else "")
-
-
 def _percent(values: list[float]) -> float:
     return round(100 * float(sum(values)) / len(values), 2)
 
@@ -277,11 +272,11 @@ def _check_ids(preds: dict[str, Any], refs: dict[str, Any]) -> None:
     unknown = [q for q in preds if q not in refs]
     if unknown:
         raise UserError(f"predictions: {len(unknown)} question id(s) not in the references: "
-                        f"{_examples(unknown)}")
+                        f"{examples(unknown)}")
     missing = [q for q in refs if q not in preds]
     if missing:
         raise UserError(f"predictions: {len(missing)} reference question(s) have no "
-                        f"prediction: {_examples(missing)} (every question must be answered)")
+                        f"prediction: {examples(missing)} (every question must be answered)")
 
 
 def _signature(variant: str, refs: dict[str, VQAReference]) -> str:
