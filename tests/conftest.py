@@ -17,6 +17,7 @@ def _in_tmp_dir(tmp_path, monkeypatch):
     """Every test runs in its own empty working directory."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MMCLI_DEBUG", raising=False)
+    monkeypatch.setenv("MMCLI_CACHE", str(tmp_path / "mmcli-cache"))  # never write into ~/.cache
 
 
 @pytest.fixture
