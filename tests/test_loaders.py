@@ -1,0 +1,99 @@
+"""Datasets, collate and DataLoader setup over small images made in the test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from mmcli.data.images import ImageCache, make_transform
+from mmcli.data.loaders import (
+    Batch,
+    ImageDataset,
+    ImageSource,
+    LoaderConfig,
+    PairDataset,
+    VQADataset,
+    collate,
+    make_loader,
+)
+from mmcli.data.records import CaptionRecord, Split, VQARecord
+from mmcli.tokenizer import AnswerVocab, Tokenizer
+
+CONFIG = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 1.0}
+
+
+@pytest.fixture
+def data(tmp_path):
+    paths = []
+    for i, colour in enumerate(["red", "blue", "green", "white"]):
+        p = tmp_path / f"img{i}.png"
+        Image.new("RGB", (40, 48), colour).save(p)
+        paths.append(str(p))
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    caps = [CaptionRecord(f"i{i}", p, (f"a {c} square", f"the {c} image")) for i, (p, c) in enumerate(zip(paths, ["red", "blue", "green", "white"]))]
+    caps.append(CaptionRecord("bad", str(bad), ("a broken file",)))
+    qs = [VQARecord(f"q{i}", r.image_id, r.image, "what color is it?", (r.captions[0].split()[1],), "color") for i, r in enumerate(caps)]
+    tok = Tokenizer.train([c for r in caps for c in r.captions] + [q.question for q in qs], vocab_size=400)
+    return Split(captions=caps, questions=qs), tok
+
+
+def test_pair_dataset_batches_and_skips_bad_images(data):
+    split, tok = data
+    ds = PairDataset(split.pairs(), ImageSource(make_transform(CONFIG)), tok, max_len=6)
+    batch = collate([ds[i] for i in range(len(ds))], pad_id=tok.pad_id)
+    assert isinstance(batch, Batch)
+    assert len(batch) == 8 and batch.images.shape == (8, 3, 32, 32)
+    assert [s.path.endswith("bad.jpg") for s in batch.skipped] == [True]
+    assert batch.text.shape[0] == 8 and batch.text.shape[1] <= 6
+    assert (batch.text[:, 0] == tok.bos_id).all()
+    for row, n in zip(batch.text, batch.text_len):  # right padding with pad_id after each text
+        assert (row[n:] == tok.pad_id).all() and (row[:n] != tok.pad_id).all()
+    assert batch.text_ids[:2] == ["i0#0", "i0#1"]
+
+
+def test_vqa_dataset_targets_and_answers(data):
+    split, tok = data
+    vocab = AnswerVocab.build([q.answers for q in split.questions])
+    ds = VQADataset(split.questions, ImageSource(make_transform(CONFIG)), tok, vocab)
+    batch = collate([ds[i] for i in range(len(ds))], pad_id=tok.pad_id)
+    assert batch.targets.shape == (4, len(vocab.answers))
+    assert (batch.text[:, 0] == tok.cls_id).all()
+    for t, a in zip(batch.targets, batch.answers):
+        assert t[vocab.index(a[0])] == 1.0 and t.sum() == 1.0
+
+
+def test_image_dataset_with_cache_equals_files(data, tmp_path):
+    split, _ = data
+    transform = make_transform(CONFIG)
+    good = split.captions[:4]
+    cache = ImageCache.build([r.image for r in good], size=32, out=tmp_path / "cache", progress=False)
+    a = collate([ImageDataset(good, ImageSource(transform))[i] for i in range(4)])
+    b = collate([ImageDataset(good, ImageSource(transform, cache))[i] for i in range(4)])
+    assert torch.allclose(a.images, b.images, atol=1e-6)
+    assert a.references == [r.captions for r in good]
+
+
+def test_loader_with_workers_shuffles_reproducibly(data):
+    split, tok = data
+    ds = PairDataset(split.pairs(), ImageSource(make_transform(CONFIG)), tok)
+    cfg = LoaderConfig(batch_size=3, shuffle=True, workers=2, seed=5, pin_memory=False)
+    order1 = [i for b in make_loader(ds, cfg, tok.pad_id) for i in b.text_ids]
+    order2 = [i for b in make_loader(ds, cfg, tok.pad_id) for i in b.text_ids]
+    assert order1 == order2 and sorted(order1) == sorted(p.text_id for p in split.pairs() if p.image_id != "bad")
+    assert order1 != sorted(order1)
+
+
+def test_distributed_sampler_under_a_process_group(data, tmp_path):
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    split, tok = data
+    ds = PairDataset(split.pairs(), ImageSource(make_transform(CONFIG)), tok)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        loader = make_loader(ds, LoaderConfig(batch_size=2, shuffle=True, workers=0), tok.pad_id)
+        assert isinstance(loader.sampler, DistributedSampler)
+    finally:
+        dist.destroy_process_group()
