@@ -14,6 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import UserError
+from . import data as _data
 from . import score as _score
 
 try:  # typer >= 0.20 vendors click
@@ -51,6 +52,7 @@ def _root(
 
 # The table of contents: one line per command.
 app.command("score", help=_score.HELP, epilog=_score.EPILOG, short_help=_score.SHORT)(_score.score)
+app.add_typer(_data.app, name="data", short_help="Look at a dataset (counts, answers, blind baselines) or write the synthetic one.")
 
 
 def _fail(message: str, code: int = 2) -> int:

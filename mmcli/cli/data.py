@@ -1,0 +1,95 @@
+"""``mmcli data``: look at a dataset, or write the synthetic one to files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..data.spec import SPEC_HELP
+
+app = typer.Typer(
+    help="Look at datasets: counts, lengths, vocabulary, answers and blind baselines; write the synthetic set.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+@app.command(
+    "stats",
+    help="Counts, caption and question lengths, vocabulary, answer distribution and the blind "
+    "VQA baselines (majority answer, question only) of a dataset.\n\n" + SPEC_HELP,
+    epilog="[b]Examples[/b]\n\n  mmcli data stats easyvqa\n\n  mmcli data stats shapes:1000\n\n"
+    "  mmcli data stats flickr8k:../shared/data/flickr8k --json",
+)
+def stats(
+    spec: Annotated[str, typer.Argument(help="Dataset spec, e.g. easyvqa, shapes, flickr8k:DIR.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
+) -> None:
+    from ..data.spec import load_dataset
+    from ..data.stats import dataset_stats
+
+    report = dataset_stats(load_dataset(spec))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_stats(report)
+
+
+@app.command(
+    "shapes",
+    help="Write the synthetic shapes dataset as PNG files plus captions.jsonl and questions.jsonl "
+    "(mmcli's JSONL format, readable as jsonl:DIR/captions.jsonl).",
+    epilog="[b]Examples[/b]\n\n  mmcli data shapes --out shapes_data\n\n  mmcli data shapes --out big --n 10000 --size 96",
+)
+def shapes(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (created if missing).", show_default=False)],
+    n: Annotated[int, typer.Option("--n", min=1, max=1_000_000, help="Number of images.")] = 2000,
+    size: Annotated[int, typer.Option("--size", min=16, max=1024, help="Image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Generator seed (same seed, same data).")] = 0,
+) -> None:
+    from ..data.shapes import write_shapes_jsonl
+
+    path = write_shapes_jsonl(out, n_images=n, size=size, seed=seed)
+    typer.echo(f"wrote {n} images and their captions and questions to {path}")
+
+
+def _print_stats(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[b]{report['dataset']}[/b]")
+    splits = report["splits"]
+    table = Table("", *splits, title_justify="left")
+    rows = {
+        "images": lambda s: str(s["images"]),
+        "captions": lambda s: str(s["captions"]),
+        "questions": lambda s: str(s["questions"]),
+        "words per caption (mean)": lambda s: f"{s['caption_words']['mean']:.1f}" if "caption_words" in s else "-",
+        "words per question (mean)": lambda s: f"{s['question_words']['mean']:.1f}" if "question_words" in s else "-",
+        "caption vocabulary": lambda s: str(s.get("caption_vocabulary", "-")),
+        "distinct answers": lambda s: str(s.get("distinct_answers", "-")),
+    }
+    for label, cell in rows.items():
+        cells = [cell(s) for s in splits.values()]
+        if any(c not in ("-", "0") for c in cells):  # leave out what the dataset does not have
+            table.add_row(label, *cells)
+    console.print(table)
+    first = next((s for s in splits.values() if s.get("top_answers")), None)
+    if first:
+        name = next(n for n, s in splits.items() if s is first)
+        t = Table("answer", "share %", title=f"top answers ({name})", title_justify="left")
+        for a, share in first["top_answers"].items():
+            t.add_row(a, f"{share:.1f}")
+        console.print(t)
+    if "baselines" in report:
+        b = report["baselines"]
+        t = Table("blind baseline", f"accuracy % ({b['scored_on']})", title="baselines", title_justify="left")
+        t.add_row("majority answer", f"{b['majority_answer']:.1f}")
+        t.add_row("question only", f"{b['question_only']:.1f}")
+        console.print(t)
+    for k, v in report.get("info", {}).items():
+        console.print(f"[dim]{k}: {v}[/dim]")
