@@ -17,6 +17,7 @@ def test_easyvqa_stats_counts_and_blind_baselines(run_cli):
     assert splits["train"]["questions"] + splits["val"]["questions"] == 38575
     assert splits["test"]["questions"] == 9673
     assert report["baselines"] == {"scored_on": "test", "majority_answer": 37.3, "question_only": 67.0}
+    assert report["info"]["package splits"].startswith("train 4,000 images / 38,575 questions")
     code, out, err = run_cli("data", "stats", "easyvqa")
     assert code == 0 and "67.0" in out and "37.3" in out
 

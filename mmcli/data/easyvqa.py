@@ -80,6 +80,10 @@ def load_easyvqa(val_fraction: float = 0.1, seed: int = 0) -> Dataset:
     info = {
         "source": f"easy-vqa {metadata.version('easy-vqa')} (pip package, bundled images)",
         "val": f"{len(val_images)} of the package's {len(images)} train images (seed {seed}); test is the package's test set",
+        "package splits": (
+            f"train {len(images):,} images / {len(train):,} questions (train + val here), "
+            f"test {len({r.image_id for r in test}):,} images / {len(test):,} questions"
+        ),
         "answers": ", ".join(easy_vqa.get_answers()),
     }
     return Dataset("easyvqa", splits, info)
