@@ -1,0 +1,99 @@
+"""Configuration: frozen dataclasses and a plain dict of presets.
+
+A ``ModelConfig`` is saved in every checkpoint (``config.json``), so a run
+directory alone rebuilds its model. No YAML, no registry: ``PRESETS["small"]``
+is the CPU default, ``dataclasses.replace`` changes a field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import UserError
+
+FUSIONS = ("late", "concat", "cross")
+TASKS = ("caption", "vqa", "retrieval", "pretrain")
+# which fusion modes can serve which task: late fusion has no token-level
+# interaction with the image, so it cannot generate captions
+TASK_FUSIONS = {
+    "caption": ("concat", "cross"),
+    "vqa": FUSIONS,
+    "retrieval": FUSIONS,
+    "pretrain": ("concat", "cross"),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a vision-language model."""
+
+    backbone: str = "resnet18"  # any timm model name
+    image_size: int = 224
+    pretrained: bool = False  # timm weights from the hub (needs the network) ...
+    backbone_weights: str | None = None  # ... or from a local file
+    freeze_backbone: bool = False
+    dim: int = 256  # width of the text and fusion layers
+    heads: int = 4
+    text_layers: int = 2  # unimodal (self-attention only) text layers
+    fusion_layers: int = 2  # multimodal layers
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    vocab_size: int = 8000
+    max_text_len: int = 32
+    fusion: str = "cross"  # late | concat | cross
+    n_answers: int = 0  # VQA classifier size (0: no VQA head)
+    embed_dim: int = 256  # ITC projection size
+    image_pool: str = "attn"  # attn | mean: how the pooled image embedding is made
+
+    def __post_init__(self):
+        if self.fusion not in FUSIONS:
+            raise UserError(f"unknown fusion {self.fusion!r}; choose from {', '.join(FUSIONS)}")
+        if self.dim % self.heads:
+            raise UserError(f"model width {self.dim} is not divisible by {self.heads} heads")
+        if self.image_pool not in ("attn", "mean"):
+            raise UserError(f"unknown image pooling {self.image_pool!r}; choose attn or mean")
+        for name in ("dim", "heads", "vocab_size", "max_text_len", "image_size", "embed_dim"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def check_task(self, task: str) -> None:
+        """Refuse a task this fusion mode cannot do, with the reason."""
+        if task not in TASK_FUSIONS:
+            raise UserError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+        if self.fusion not in TASK_FUSIONS[task]:
+            raise UserError(
+                f"--fusion {self.fusion} cannot do {task}: late fusion combines pooled vectors and has "
+                f"no token-level attention to generate text; use {' or '.join(TASK_FUSIONS[task])}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"model config has unknown fields {', '.join(unknown)} (a newer mmcli?)")
+        return cls(**d)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # trains a test in seconds on a CPU
+    "tiny": ModelConfig(
+        backbone="resnet10t", image_size=64, dim=64, heads=2, text_layers=1, fusion_layers=1, embed_dim=64, vocab_size=1000
+    ),
+    # the CPU default
+    "small": ModelConfig(backbone="resnet18", image_size=128, dim=256, heads=4, text_layers=2, fusion_layers=2),
+    # for GPUs
+    "base": ModelConfig(
+        backbone="vit_small_patch16_224", image_size=224, dim=512, heads=8, text_layers=4, fusion_layers=4, embed_dim=256
+    ),
+}
+
+
+def preset(name: str, **changes) -> ModelConfig:
+    """A preset with some fields changed: ``preset("small", fusion="concat")``."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **changes)
