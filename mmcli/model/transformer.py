@@ -1,0 +1,300 @@
+"""Transformer pieces: attention (self or cross, with a KV cache), MLP, Block.
+
+Pure PyTorch, no mmcli imports. Read it top to bottom:
+
+1. ``attend``: the one function that computes attention, through
+   ``F.scaled_dot_product_attention`` ("sdpa") or a plain matmul-softmax-matmul
+   ("plain", measured faster for bf16 training on a CPU).
+2. The KV cache: ``LayerCache`` (one attention layer), ``BlockCache`` (the self-
+   and cross-attention of one block), ``KVCache`` (a whole stack of blocks).
+3. ``Attention``, ``MLP`` and the pre-norm residual ``Block``.
+
+Shapes: B batch, T sequence length, D model width, H heads, Dh = D // H head
+width, Tq / Tk the number of queries / keys.
+
+Masks are boolean, True where a query may attend to a key. Right-padded causal
+text needs no padding mask: the pads come after every real token, so no real
+token ever sees one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------
+# attention, the function
+
+ATTENTION_IMPLS = ("sdpa", "plain")
+_default_impl = "sdpa"
+
+
+def set_attention_impl(impl: str) -> None:
+    """Choose how ``attend`` computes attention when no ``impl`` is given."""
+    global _default_impl
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(ATTENTION_IMPLS)}")
+    _default_impl = impl
+
+
+def get_attention_impl() -> str:
+    return _default_impl
+
+
+def causal_mask(tq: int, tk: int, device: torch.device | None = None) -> torch.Tensor:
+    """(Tq, Tk) bool: query i sits at position Tk - Tq + i and sees keys up to it.
+
+    Bottom-right aligned, so with Tq < Tk (new tokens decoded against a cache)
+    the queries are the last Tq positions of the sequence.
+    """
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Attention of q (B, H, Tq, Dh) over k, v (B, H, Tk, Dh) -> (B, H, Tq, Dh).
+
+    ``mask``: bool, True = may attend, broadcastable to (B, H, Tq, Tk), or None.
+    ``is_causal``: query i is at position Tk - Tq + i and sees keys up to that
+    position (bottom-right aligned); combined with ``mask`` when both are given.
+    ``impl``: "sdpa" or "plain"; None uses the module default
+    (``set_attention_impl``). A query row that may see no key at all gives
+    zeros with "sdpa" and the mean of v with "plain".
+    """
+    impl = impl or _default_impl
+    tq, tk = q.shape[-2], k.shape[-2]
+    if is_causal and tq == 1:
+        # a single query is the newest position: it sees every key, no mask needed
+        is_causal = False
+    if is_causal and (mask is not None or tq != tk or impl == "plain"):
+        # SDPA's own is_causal is top-left aligned and cannot be combined with a
+        # mask, so build the small (Tq, Tk) mask here; SDPA keeps its fast path
+        # (no mask tensor at all) for the common square, unmasked case
+        causal = causal_mask(tq, tk, q.device)
+        mask = causal if mask is None else mask & causal
+        is_causal = False
+
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    if impl != "plain":
+        raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(ATTENTION_IMPLS)}")
+
+    # scale q rather than the scores: Tq*Dh multiplications instead of Tq*Tk
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
+    # softmax in fp32: bf16 has too few mantissa bits for a stable exp-normalise
+    scores = scores.float()
+    if mask is not None:
+        # the most negative finite number, not -inf: a fully masked row then
+        # gives a uniform distribution instead of NaN
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    return probs @ v  # (B, H, Tq, Dh)
+
+
+# ---------------------------------------------------------------------------
+# the KV cache
+
+
+@dataclass
+class LayerCache:
+    """Keys and values of one attention layer, (B, H, T, Dh) each, or None.
+
+    Self-attention appends the new positions at every step; cross-attention
+    stores the context's keys and values once and reuses them. Meant for
+    inference (under ``torch.no_grad``).
+    """
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add (B, H, t, Dh) keys and values; return all of them cached so far."""
+        # torch.cat copies the cache each step, but a caption is tens of tokens
+        # and beam search copies it anyway when select() reorders the rows
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)  # (B, H, T + t, Dh)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)  # (B, H, T + t, Dh)
+        return self.k, self.v
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep, reorder or repeat batch rows: row i becomes old row index[i]."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
+@dataclass
+class BlockCache:
+    """The caches of one Block: its self-attention and its cross-attention."""
+
+    self_attn: LayerCache = field(default_factory=LayerCache)
+    cross_attn: LayerCache = field(default_factory=LayerCache)
+
+    def select(self, index: torch.Tensor) -> None:
+        self.self_attn.select(index)
+        self.cross_attn.select(index)
+
+
+class KVCache:
+    """One BlockCache per layer: ``for block, c in zip(blocks, cache.layers)``."""
+
+    def __init__(self, layers: list[BlockCache]):
+        self.layers = layers
+
+    @classmethod
+    def for_layers(cls, n: int) -> "KVCache":
+        return cls([BlockCache() for _ in range(n)])
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> BlockCache:
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    @property
+    def length(self) -> int:
+        """Positions cached so far in the first layer's self-attention."""
+        return self.layers[0].self_attn.length if self.layers else 0
+
+    def select(self, index: torch.Tensor) -> None:
+        """index_select every cached tensor along the batch dim (beam search
+        reorders rows, expands B to B * beam, or drops finished rows with it)."""
+        for layer in self.layers:
+            layer.select(index)
+
+
+# ---------------------------------------------------------------------------
+# the modules
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, or cross-attention to a context (cross=True)."""
+
+    def __init__(self, dim: int, heads: int, cross: bool = False, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(dim, 2 * dim)  # applied to the context
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim)  # one matmul instead of three
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """(B, T, n * D) -> n tensors of (B, H, T, Dh)."""
+        b, t, _ = x.shape
+        x = x.view(b, t, n, self.heads, -1)  # (B, T, n, H, Dh)
+        return x.permute(2, 0, 3, 1, 4).unbind(0)  # n x (B, H, T, Dh)
+
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of a (B, Tk, D) context, (B, H, Tk, Dh) each."""
+        k, v = self._split(self.kv(context), 2)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D).
+
+        Self-attention with a cache: x holds only the new positions; their keys
+        and values are appended and the queries attend to every cached position.
+        Cross-attention with a cache: the context's keys and values are computed
+        on the first call and reused afterwards (context may then be None).
+        """
+        b, t, d = x.shape
+        if self.cross:
+            (q,) = self._split(self.q(x), 1)
+            if cache is not None and cache.k is not None:
+                k, v = cache.k, cache.v  # the image, encoded once per generation
+            else:
+                if context is None:
+                    raise ValueError("cross-attention needs a context (or a filled cache)")
+                k, v = self.context_kv(context)
+                if cache is not None:
+                    cache.k, cache.v = k, v
+        else:
+            q, k, v = self._split(self.qkv(x), 3)
+            if cache is not None:
+                k, v = cache.append(k, v)
+        out = attend(q, k, v, mask=mask, is_causal=is_causal)  # (B, H, T, Dh)
+        out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D): heads side by side again
+        return self.dropout(self.proj(out))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        hidden = hidden or 4 * dim
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.act(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: self-attention, cross-attention (if cross), MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, cross: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, heads, dropout=dropout)
+        if cross:
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross_attn = Attention(dim, heads, cross=True, dropout=dropout)
+        else:
+            self.norm_cross = self.cross_attn = None
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
+
+    def cache_context(self, context: torch.Tensor, cache: BlockCache) -> None:
+        """Fill the cross-attention cache from a (B, Tk, D) context ahead of decoding,
+        so that the generation state needs only the KV cache."""
+        if self.cross_attn is not None:
+            cache.cross_attn.k, cache.cross_attn.v = self.cross_attn.context_kv(context)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: BlockCache | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, D), context (B, Tk, D) for cross-attention -> (B, T, D).
+
+        ``mask`` and ``is_causal`` apply to the self-attention; cross-attention
+        sees the whole context.
+        """
+        self_cache = cache.self_attn if cache is not None else None
+        x = x + self.self_attn(self.norm_self(x), mask=mask, is_causal=is_causal, cache=self_cache)
+        if self.cross_attn is not None:
+            cross_cache = cache.cross_attn if cache is not None else None
+            x = x + self.cross_attn(self.norm_cross(x), context=context, cache=cross_cache)
+        return x + self.mlp(self.norm_mlp(x))

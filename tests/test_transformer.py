@@ -1,0 +1,277 @@
+"""The transformer core: attention impls agree, causality, cached decoding equals a
+full forward pass, every parameter learns. Tiny fp32 models on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mmcli.model.transformer import (
+    MLP,
+    Attention,
+    Block,
+    KVCache,
+    attend,
+    causal_mask,
+    get_attention_impl,
+    set_attention_impl,
+)
+
+VOCAB, BOS, EOS = 13, 1, 2
+FEAT = 6  # width of the random "image" features
+
+
+# ---------------------------------------------------------------------------
+# two tiny decoders built from Blocks; they also implement generate.Decoder
+
+
+class _TinyLM(nn.Module):
+    def __init__(self, dim=32, heads=4, layers=2, n_image=5, max_len=24, cross=True):
+        super().__init__()
+        self.n_image = n_image
+        self.image_in = nn.Linear(FEAT, dim)
+        self.tok = nn.Embedding(VOCAB, dim)
+        self.pos = nn.Embedding(max_len, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, cross=cross) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, VOCAB)
+        with torch.no_grad():
+            # generation tests want peaked distributions (clear winners) that
+            # depend on the image: a sharper head, a louder image, quieter text
+            self.head.weight.mul_(8)
+            self.image_in.weight.mul_(3)
+            self.tok.weight.mul_(0.3)
+            self.pos.weight.mul_(0.3)
+
+    def embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        positions = torch.arange(start, start + tokens.shape[1])
+        return self.tok(tokens) + self.pos(positions)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x))
+
+
+class CrossLM(_TinyLM):
+    """Causal text with cross-attention to the image in every block."""
+
+    def __init__(self, **kw):
+        super().__init__(cross=True, **kw)
+
+    def forward(self, images, tokens):
+        context = self.image_in(images)
+        x = self.embed(tokens, 0)
+        for block in self.blocks:
+            x = block(x, context=context, is_causal=True)
+        return self.logits(x)
+
+    def start(self, images) -> KVCache:
+        cache = KVCache.for_layers(len(self.blocks))
+        context = self.image_in(images)
+        for block, c in zip(self.blocks, cache.layers):
+            block.cache_context(context, c)
+        return cache
+
+    def step(self, tokens, cache: KVCache):
+        x = self.embed(tokens, cache.length)
+        for block, c in zip(self.blocks, cache.layers):
+            x = block(x, is_causal=True, cache=c)
+        return self.logits(x)
+
+
+def concat_mask(n_image: int, t: int) -> torch.Tensor:
+    """(P + T, P + T): the prefix sees the prefix; text sees the prefix and earlier text."""
+    mask = torch.zeros(n_image + t, n_image + t, dtype=torch.bool)
+    mask[:, :n_image] = True
+    mask[n_image:, n_image:] = torch.ones(t, t, dtype=torch.bool).tril()
+    return mask
+
+
+class ConcatLM(_TinyLM):
+    """Image positions prepended to the text in one sequence."""
+
+    def __init__(self, **kw):
+        super().__init__(cross=False, **kw)
+
+    def forward(self, images, tokens):
+        x = torch.cat([self.image_in(images), self.embed(tokens, 0)], dim=1)
+        mask = concat_mask(self.n_image, tokens.shape[1])
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return self.logits(x[:, self.n_image :])
+
+    def start(self, images) -> KVCache:
+        cache = KVCache.for_layers(len(self.blocks))
+        x = self.image_in(images)
+        for block, c in zip(self.blocks, cache.layers):
+            x = block(x, cache=c)  # the prefix sees the whole prefix: no mask
+        return cache
+
+    def step(self, tokens, cache: KVCache):
+        x = self.embed(tokens, cache.length - self.n_image)
+        for block, c in zip(self.blocks, cache.layers):
+            x = block(x, is_causal=True, cache=c)  # bottom-right aligned: sees the prefix and earlier text
+        return self.logits(x)
+
+
+STYLES = {"cross": CrossLM, "concat": ConcatLM}
+
+
+def make(style: str, seed: int = 0, **kw) -> _TinyLM:
+    torch.manual_seed(seed)
+    return STYLES[style](**kw).eval()
+
+
+def random_inputs(batch=3, t=9, n_image=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, n_image, FEAT, generator=g)
+    tokens = torch.randint(0, VOCAB, (batch, t), generator=g)
+    return images, tokens
+
+
+@pytest.fixture(params=["sdpa", "plain"])
+def impl(request):
+    before = get_attention_impl()
+    set_attention_impl(request.param)
+    yield request.param
+    set_attention_impl(before)
+
+
+# ---------------------------------------------------------------------------
+# attend
+
+
+def _qkv(b=2, h=3, tq=5, tk=5, dh=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, tq, dh, generator=g)
+    return q, torch.randn(b, h, tk, dh, generator=g), torch.randn(b, h, tk, dh, generator=g)
+
+
+def test_causal_mask_is_bottom_right_aligned():
+    assert causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert torch.equal(causal_mask(3, 3), torch.ones(3, 3, dtype=torch.bool).tril())
+
+
+@pytest.mark.parametrize("tq,tk", [(5, 5), (3, 7), (1, 6)])
+def test_attend_sdpa_equals_plain(tq, tk):
+    q, k, v = _qkv(tq=tq, tk=tk)
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(2, 1, tq, tk, generator=g) > 0.4
+    mask[..., 0] = True  # every query sees at least one key
+    for kw in [{}, {"mask": mask}, {"is_causal": True}, {"mask": mask, "is_causal": True}]:
+        a = attend(q, k, v, impl="sdpa", **kw)
+        b = attend(q, k, v, impl="plain", **kw)
+        assert a.shape == (2, 3, tq, 8)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl_name", ["sdpa", "plain"])
+def test_attend_causal_with_fewer_queries_means_the_last_positions(impl_name):
+    q, k, v = _qkv(tq=7, tk=7)
+    full = attend(q, k, v, is_causal=True, impl=impl_name)
+    for tq in (1, 3):
+        last = attend(q[:, :, -tq:], k, v, is_causal=True, impl=impl_name)
+        torch.testing.assert_close(last, full[:, :, -tq:], atol=1e-6, rtol=1e-6)
+
+
+def test_attend_plain_bf16_close_to_fp32():
+    q, k, v = _qkv(tq=6, tk=6)
+    ref = attend(q, k, v, is_causal=True, impl="sdpa")
+    out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=True, impl="plain")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_attention_impl_default_is_settable():
+    before = get_attention_impl()
+    try:
+        set_attention_impl("plain")
+        assert get_attention_impl() == "plain"
+        with pytest.raises(ValueError):
+            set_attention_impl("flash")
+    finally:
+        set_attention_impl(before)
+    assert get_attention_impl() == before
+
+
+# ---------------------------------------------------------------------------
+# the model pieces
+
+
+@pytest.mark.parametrize("style", ["cross", "concat"])
+def test_changing_a_future_token_never_changes_earlier_outputs(style, impl):
+    model = make(style)
+    images, tokens = random_inputs()
+    j = 5
+    changed = tokens.clone()
+    changed[:, j] = (changed[:, j] + 1) % VOCAB
+    with torch.no_grad():
+        a, b = model(images, tokens), model(images, changed)
+    torch.testing.assert_close(a[:, :j], b[:, :j], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, j:], b[:, j:])  # the change is seen from position j on
+
+
+@pytest.mark.parametrize("style", ["cross", "concat"])
+@pytest.mark.parametrize("chunks", [[1] * 9, [3, 1, 4, 1]])
+def test_cached_decoding_equals_full_forward(style, chunks, impl):
+    model = make(style)
+    images, tokens = random_inputs()
+    with torch.no_grad():
+        full = model(images, tokens)  # (B, T, V)
+        cache = model.start(images)
+        parts, at = [], 0
+        for t in chunks:
+            parts.append(model.step(tokens[:, at : at + t], cache))
+            at += t
+            assert cache.length == at + (model.n_image if style == "concat" else 0)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_select_reorders_and_expands_rows():
+    model = make("cross")
+    images, tokens = random_inputs()
+    index = torch.tensor([2, 0, 0, 1])
+    with torch.no_grad():
+        full = model(images[index], tokens[index])
+        cache = model.start(images)
+        first = model.step(tokens[:, :4], cache)[index]
+        cache.select(index)
+        rest = model.step(tokens[index, 4:], cache)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_computes_the_context_once():
+    torch.manual_seed(0)
+    attn = Attention(16, 2, cross=True)
+    calls = []
+    attn.kv.register_forward_hook(lambda *_: calls.append(1))
+    cache = KVCache.for_layers(1)[0].cross_attn
+    x, context = torch.randn(2, 1, 16), torch.randn(2, 4, 16)
+    with torch.no_grad():
+        first = attn(x, context=context, cache=cache)
+        again = attn(x, context=None, cache=cache)
+    assert len(calls) == 1
+    torch.testing.assert_close(first, again)
+    torch.testing.assert_close(first, attn(x, context=context).detach())
+
+
+def test_every_parameter_of_a_block_gets_a_gradient():
+    torch.manual_seed(0)
+    block = Block(16, 2, cross=True, dropout=0.1).train()
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    context = torch.randn(2, 3, 16, requires_grad=True)
+    out = block(x, context=context, is_causal=True)
+    (out * torch.randn_like(out)).sum().backward()
+    names = [name for name, _ in block.named_parameters()]
+    assert any(n.startswith("cross_attn.") for n in names)
+    for name, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert x.grad.abs().sum() > 0 and context.grad.abs().sum() > 0
+
+
+def test_mlp_and_block_shapes():
+    x = torch.randn(2, 5, 16)
+    assert MLP(16, 40)(x).shape == (2, 5, 16)
+    assert Block(16, 4, mlp_ratio=2.0)(x).shape == (2, 5, 16)
+    with pytest.raises(ValueError):
+        Attention(10, 3)
