@@ -1,0 +1,292 @@
+"""The vision-language model: an image tower, a text tower, fusion, and the task heads.
+
+    image --VisionTower--> image tokens (B, N, D)
+    text  --embedding--> unimodal text layers (self-attention only)
+                             | -> pooled text embedding (ITC, late fusion)
+                             v
+                  multimodal layers, by ``fusion``:
+                    late    pooled image and text vectors -> MLP (VQA, ITM; no generation)
+                    concat  image tokens prepended to the text in one sequence
+                    cross   self-attention, cross-attention to the image tokens, MLP
+                             | causal        -> LM head (captioning)
+                             | bidirectional -> first position -> VQA head / ITM head
+
+The text tower and the multimodal layers run causally for captioning and
+bidirectionally for understanding (VQA, ITM), with the same weights. Text is
+right-padded: causal passes need no padding mask (pads come after every real
+token); bidirectional passes mask padded keys.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .transformer import Attention, Block, KVCache
+from .vision import VisionTower
+
+
+@dataclass
+class DecodeState:
+    """What generation carries from step to step: the image tokens and the KV caches."""
+
+    image: torch.Tensor  # (B, N, D) image tokens
+    text_cache: KVCache  # the unimodal text layers
+    fusion_cache: KVCache  # the multimodal layers (for concat: image positions included)
+    pos: int = 0  # text positions decoded so far
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep / reorder / repeat batch rows (beam search)."""
+        self.image = self.image.index_select(0, index)
+        self.text_cache.select(index)
+        self.fusion_cache.select(index)
+
+
+class VLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.dim
+        self.vision = VisionTower(
+            cfg.backbone, D, cfg.image_size, pretrained=cfg.pretrained, weights=cfg.backbone_weights, freeze=cfg.freeze_backbone
+        )
+        n_img = self.vision.num_tokens
+        self.image_pos = nn.Parameter(torch.zeros(1, n_img, D))  # CNN tokens carry no position of their own
+        self.tok_emb = nn.Embedding(cfg.vocab_size, D)
+        self.text_pos = nn.Parameter(torch.zeros(1, cfg.max_text_len, D))
+        self.text_blocks = nn.ModuleList(Block(D, cfg.heads, cfg.mlp_ratio, cross=False, dropout=cfg.dropout) for _ in range(cfg.text_layers))
+        self.text_norm = nn.LayerNorm(D)
+
+        if cfg.fusion == "late":
+            # pooled image and text vectors, their product: the classic feature-fusion MLP
+            self.late = nn.Sequential(nn.Linear(3 * D, 2 * D), nn.GELU(), nn.Linear(2 * D, D), nn.LayerNorm(D))
+        else:
+            cross = cfg.fusion == "cross"
+            self.fusion_blocks = nn.ModuleList(
+                Block(D, cfg.heads, cfg.mlp_ratio, cross=cross, dropout=cfg.dropout) for _ in range(cfg.fusion_layers)
+            )
+            self.fusion_norm = nn.LayerNorm(D)
+            if cfg.fusion == "concat":
+                self.modality = nn.Parameter(torch.zeros(2, D))  # tells image positions from text positions
+
+        # pooled image embedding: one learned query attending over the image tokens, or the mean
+        if cfg.image_pool == "attn":
+            self.pool_query = nn.Parameter(torch.zeros(1, 1, D))
+            self.pool_attn = Attention(D, cfg.heads, cross=True)
+        self.image_norm = nn.LayerNorm(D)
+
+        # heads
+        self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied: one matrix reads and writes tokens
+        self.image_proj = nn.Linear(D, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(D, cfg.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        self.itm_head = nn.Linear(D, 2)
+        self.vqa_head = (
+            nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.LayerNorm(2 * D), nn.Linear(2 * D, cfg.n_answers))
+            if cfg.n_answers
+            else None
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if name.startswith("vision.backbone"):
+                continue  # timm initialised it (or loaded weights)
+            if p.dim() >= 2:
+                nn.init.normal_(p, std=0.02)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        nn.init.normal_(self.text_pos, std=0.01)
+        nn.init.normal_(self.image_pos, std=0.01)
+        with torch.no_grad():
+            self.logit_scale.fill_(math.log(1 / 0.07))
+            for m in self.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.weight.fill_(1.0)
+                    m.bias.zero_()
+
+    # ------------------------------------------------------------------ towers
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> image tokens (B, N, D)."""
+        return self.vision(images) + self.image_pos
+
+    def image_embedding(self, img: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, N, D) -> one pooled vector (B, D)."""
+        if self.cfg.image_pool == "attn":
+            q = self.pool_query.expand(img.shape[0], -1, -1)  # (B, 1, D)
+            pooled = self.pool_attn(q, context=img)[:, 0]
+        else:
+            pooled = img.mean(dim=1)
+        return self.image_norm(pooled)
+
+    def encode_text(self, ids: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """Token ids (B, T) -> unimodal text features (B, T, D)."""
+        T = ids.shape[1]
+        x = self.tok_emb(ids) + self.text_pos[:, :T]
+        mask = None if causal else _key_mask(lengths, T)  # (B, 1, 1, T) or None
+        for blk in self.text_blocks:
+            x = blk(x, mask=mask, is_causal=causal)
+        return x
+
+    def text_embedding(self, txt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Text features (B, T, D) -> pooled vector (B, D): the mean over real tokens."""
+        valid = _valid(lengths, txt.shape[1]).unsqueeze(-1).to(txt.dtype)  # (B, T, 1)
+        return self.text_norm((txt * valid).sum(1) / valid.sum(1).clamp(min=1))
+
+    # ------------------------------------------------------------------ fusion
+    def fuse(self, txt: torch.Tensor, img: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """Text features (B, T, D) fused with image tokens (B, N, D) -> (B, T, D)."""
+        if self.cfg.fusion == "late":
+            raise ValueError("late fusion has no token-level fusion")
+        B, T, _ = txt.shape
+        if self.cfg.fusion == "cross":
+            mask = None if causal else _key_mask(lengths, T)
+            x = txt
+            for blk in self.fusion_blocks:
+                x = blk(x, context=img, mask=mask, is_causal=causal)
+            return self.fusion_norm(x)
+        N = img.shape[1]
+        x = torch.cat([img + self.modality[0], txt + self.modality[1]], dim=1)  # (B, N+T, D)
+        mask = _concat_mask(N, T, lengths, causal, txt.device)  # (B|1, 1, N+T, N+T)
+        for blk in self.fusion_blocks:
+            x = blk(x, mask=mask)
+        return self.fusion_norm(x[:, N:])  # the text positions
+
+    # ------------------------------------------------------------------ tasks
+    def lm_logits(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Captioning: (B, T) ids -> next-token logits (B, T, V), causal."""
+        h = self.fuse(self.encode_text(ids, None, causal=True), self.encode_image(images), None, causal=True)
+        return self.lm_head(h)
+
+    def understand(self, img: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Image tokens + question/caption -> one fused vector (B, D) for the VQA and ITM heads."""
+        txt = self.encode_text(ids, lengths, causal=False)
+        if self.cfg.fusion == "late":
+            i, t = self.image_embedding(img), self.text_embedding(txt, lengths)
+            return self.late(torch.cat([i, t, i * t], dim=-1))
+        return self.fuse(txt, img, lengths, causal=False)[:, 0]  # the first (<cls>) position
+
+    def vqa_logits(self, images: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, n_answers) answer logits."""
+        if self.vqa_head is None:
+            raise ValueError("this model has no VQA head (n_answers = 0)")
+        return self.vqa_head(self.understand(self.encode_image(images), ids, lengths))
+
+    def itm_logits(self, img: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, 2) match / no-match logits for image tokens and texts."""
+        return self.itm_head(self.understand(img, ids, lengths))
+
+    def embed(self, img: torch.Tensor | None = None, ids=None, lengths=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Normalised ITC embeddings of image tokens and/or texts (bidirectional text)."""
+        ie = F.normalize(self.image_proj(self.image_embedding(img)), dim=-1) if img is not None else None
+        te = None
+        if ids is not None:
+            txt = self.encode_text(ids, lengths, causal=False)
+            te = F.normalize(self.text_proj(self.text_embedding(txt, lengths)), dim=-1)
+        return ie, te
+
+    # ------------------------------------------------------------------ generation (generate.Decoder)
+    def start(self, images: torch.Tensor) -> DecodeState:
+        """Encode the image once and prepare the caches."""
+        if self.cfg.fusion == "late":
+            raise ValueError("late fusion cannot generate text")
+        img = self.encode_image(images)
+        state = DecodeState(img, KVCache.for_layers(len(self.text_blocks)), KVCache.for_layers(len(self.fusion_blocks)))
+        if self.cfg.fusion == "concat":
+            # run the image positions through the fusion layers once: they see only
+            # each other, so their keys and values never change during decoding
+            x = img + self.modality[0]
+            for blk, cache in zip(self.fusion_blocks, state.fusion_cache.layers):
+                x = blk(x, cache=cache)
+        return state
+
+    def step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Append (B, t) tokens; their next-token logits (B, t, V)."""
+        t = tokens.shape[1]
+        if state.pos + t > self.cfg.max_text_len:
+            raise ValueError(f"text longer than max_text_len={self.cfg.max_text_len}")
+        x = self.tok_emb(tokens) + self.text_pos[:, state.pos : state.pos + t]
+        for blk, cache in zip(self.text_blocks, state.text_cache.layers):
+            x = blk(x, is_causal=True, cache=cache)
+        if self.cfg.fusion == "concat":
+            x = x + self.modality[1]
+            for blk, cache in zip(self.fusion_blocks, state.fusion_cache.layers):
+                x = blk(x, is_causal=True, cache=cache)  # sees the cached image and text positions
+        else:
+            for blk, cache in zip(self.fusion_blocks, state.fusion_cache.layers):
+                x = blk(x, context=state.image, is_causal=True, cache=cache)
+        state.pos += t
+        return self.lm_head(self.fusion_norm(x))
+
+
+def _valid(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B,) lengths -> (B, T) bool, True at real tokens."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _key_mask(lengths: torch.Tensor | None, T: int) -> torch.Tensor | None:
+    """Bidirectional attention over right-padded text: (B, 1, 1, T), True = may attend."""
+    if lengths is None:
+        return None
+    return _valid(lengths, T)[:, None, None, :]
+
+
+def _concat_mask(N: int, T: int, lengths: torch.Tensor | None, causal: bool, device) -> torch.Tensor:
+    """Attention mask of [image; text]: image rows see the image; text rows see the image and
+    the text (causally, or every real token). (B|1, 1, N+T, N+T), True = may attend."""
+    S = N + T
+    mask = torch.zeros(S, S, dtype=torch.bool, device=device)
+    mask[:, :N] = True  # everyone sees the image
+    if causal:
+        mask[N:, N:] = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        return mask[None, None]
+    mask = mask[None].repeat(lengths.shape[0], 1, 1)  # (B, S, S)
+    mask[:, N:, N:] = _valid(lengths, T)[:, None, :]  # text rows see every real text token
+    return mask[:, None]
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (a tied matrix counts once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def flops_per_sample(model: VLM, task: str = "caption") -> int:
+    """Forward FLOPs of one sample at full text length, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = model.cfg
+    device = next(model.parameters()).device
+    images = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=device)
+    ids = torch.full((1, cfg.max_text_len), 6, dtype=torch.long, device=device)
+    lengths = torch.tensor([cfg.max_text_len], device=device)
+    # (not under no_grad: the counter's module tracker needs autograd on)
+    with FlopCounterMode(display=False) as counter:
+        if task == "caption":
+            model.lm_logits(images, ids)
+        elif task == "vqa":
+            model.vqa_logits(images, ids, lengths)
+        else:
+            model.embed(model.encode_image(images), ids, lengths)
+    return int(counter.get_total_flops())
+
+
+def load_model(path) -> tuple[VLM, "object"]:
+    """A model rebuilt from a checkpoint directory, and the checkpoint (tokenizer, answers, config).
+
+    The backbone is built without hub or file weights: the checkpoint holds them.
+    """
+    from dataclasses import replace
+
+    from ..checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    cfg = ModelConfig.from_dict(ckpt.config["model"])
+    model = VLM(replace(cfg, pretrained=False, backbone_weights=None))
+    ckpt.load_into(model)
+    return model.eval(), ckpt

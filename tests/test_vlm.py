@@ -1,0 +1,185 @@
+"""The vision-language model: gradients, causality, cached decoding, generation, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcli.config import PRESETS, ModelConfig, preset
+from mmcli.errors import UserError
+from mmcli.losses import itc_loss, itm_loss, lm_loss, vqa_loss
+from mmcli.model import generate
+from mmcli.model.vlm import VLM
+
+FUSIONS = ["late", "concat", "cross"]
+
+
+def tiny(fusion: str, **kw) -> VLM:
+    torch.manual_seed(0)
+    return VLM(preset("tiny", fusion=fusion, n_answers=5, vocab_size=50, **kw)).eval()
+
+
+def batch(B: int = 3, T: int = 7, vocab: int = 50, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(B, 3, 64, 64, generator=g)
+    ids = torch.randint(6, vocab, (B, T), generator=g)
+    ids[:, 0] = 2  # bos
+    lengths = torch.tensor([T, T - 2, T - 3][:B])
+    for b, n in enumerate(lengths):
+        ids[b, n:] = 0  # right padding
+    return images, ids, lengths
+
+
+# parameters a task never touches, by name prefix, for token-level fusion and for late fusion
+_NO_ITC = ("image_proj", "text_proj", "logit_scale")
+UNUSED = {
+    ("caption", "token"): ("pool_", "image_norm", "text_norm", "itm_head", "vqa_head", "late") + _NO_ITC,
+    ("vqa", "token"): ("pool_", "image_norm", "text_norm", "itm_head", "late") + _NO_ITC,
+    ("vqa", "late"): ("itm_head",) + _NO_ITC,
+    ("itc", "token"): ("fusion_blocks", "fusion_norm", "modality", "itm_head", "vqa_head"),
+    ("itc", "late"): ("late", "itm_head", "vqa_head"),
+    ("itm", "token"): ("pool_", "image_norm", "text_norm", "vqa_head", "late") + _NO_ITC,
+    ("itm", "late"): ("vqa_head",) + _NO_ITC,
+}
+
+
+def task_loss(model: VLM, task: str) -> torch.Tensor:
+    images, ids, lengths = batch()
+    if task == "caption":
+        return lm_loss(model.lm_logits(images, ids), ids, lengths)
+    if task == "vqa":
+        return vqa_loss(model.vqa_logits(images, ids, lengths), torch.rand(3, 5))
+    img = model.encode_image(images)
+    if task == "itc":
+        ie, te = model.embed(img, ids, lengths)
+        return itc_loss(ie, te, model.logit_scale)
+    return itm_loss(model.itm_logits(img, ids, lengths), torch.tensor([1, 0, 1]))
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("task", ["caption", "vqa", "itc", "itm"])
+def test_every_used_parameter_gets_a_gradient(fusion, task):
+    if task == "caption" and fusion == "late":
+        pytest.skip("late fusion cannot caption (refused by the config, tested below)")
+    model = tiny(fusion).train()
+    task_loss(model, task).backward()
+    unused = UNUSED[(task, "late" if fusion == "late" else "token")]
+    used = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith(unused)]
+    assert [n for n, p in used if p.grad is None] == []
+    # timm ResNets zero-init the last norm of each residual branch, so some backbone
+    # gradients are exactly 0 at initialisation; everything of ours must be non-zero
+    assert [n for n, p in used if not n.startswith("vision.backbone") and not p.grad.abs().sum() > 0] == []
+
+
+def test_late_fusion_cannot_caption():
+    with pytest.raises(UserError, match="late"):
+        preset("tiny", fusion="late").check_task("caption")
+    preset("tiny", fusion="late").check_task("vqa")
+
+
+@pytest.mark.parametrize("fusion", ["concat", "cross"])
+def test_changing_a_future_token_never_changes_earlier_logits(fusion):
+    model = tiny(fusion)
+    images, ids, _ = batch()
+    with torch.no_grad():
+        a = model.lm_logits(images, ids)
+        ids2 = ids.clone()
+        ids2[:, 4:] = (ids2[:, 4:] + 7) % 50
+        b = model.lm_logits(images, ids2)
+    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6)
+    assert not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+@pytest.mark.parametrize("fusion", ["concat", "cross"])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_cached_decoding_equals_a_full_forward(fusion, chunk):
+    model = tiny(fusion)
+    images, ids, _ = batch()
+    with torch.no_grad():
+        full = model.lm_logits(images, ids)
+        state = model.start(images)
+        parts = [model.step(ids[:, i : i + chunk], state) for i in range(0, ids.shape[1], chunk)]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "cross"])
+def test_generation_beam1_is_greedy_and_batch_independent(fusion):
+    model = tiny(fusion)
+    images, _, _ = batch(B=3)
+    with torch.no_grad():
+        g = generate.greedy(model, images, bos_id=2, eos_id=3, max_len=8)
+        b1 = generate.beam_search(model, images, bos_id=2, eos_id=3, max_len=8, beam=1)
+        one = [generate.greedy(model, images[i : i + 1], bos_id=2, eos_id=3, max_len=8)[0] for i in range(3)]
+        beams = generate.beam_search(model, images, bos_id=2, eos_id=3, max_len=8, beam=3)
+        beams_one = [generate.beam_search(model, images[i : i + 1], bos_id=2, eos_id=3, max_len=8, beam=3)[0] for i in range(3)]
+    assert g == b1 == one
+    assert beams == beams_one
+
+
+def test_presets_build_and_report_size():
+    from mmcli.model.vlm import count_parameters, flops_per_sample
+
+    tiny_m, small_m = VLM(PRESETS["tiny"]), VLM(PRESETS["small"])
+    assert 0 < count_parameters(tiny_m) < count_parameters(small_m)
+    assert 0 < flops_per_sample(tiny_m) < flops_per_sample(small_m)
+
+
+def test_tiny_overfits_eight_shapes_captions(tmp_path):
+    """Learning works end to end: real images, real tokenizer, a few seconds of AdamW."""
+    from mmcli.data.images import make_transform
+    from mmcli.data.loaders import ImageSource, PairDataset, collate
+    from mmcli.data.shapes import load_shapes
+    from mmcli.tokenizer import Tokenizer
+
+    ds = load_shapes(n_images=8, size=64, cache_dir=str(tmp_path))
+    records = [r for s in ds.splits.values() for r in s.captions][:8]
+    pairs = [p for r in records for p in ds_pairs(r)][:8]
+    tok = Tokenizer.train([c for r in records for c in r.captions], vocab_size=400)
+    torch.manual_seed(0)
+    model = VLM(preset("tiny", vocab_size=tok.vocab_size, fusion="cross"))
+    src = ImageSource(make_transform(model.vision.data_config))
+    b = collate([PairDataset(pairs, src, tok)[i] for i in range(8)], pad_id=tok.pad_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(200):
+        loss = lm_loss(model.lm_logits(b.images, b.text), b.text, b.text_len)
+        first = first if first is not None else loss.item()
+        if loss.item() < 0.05:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 < first
+
+
+def ds_pairs(record):
+    from mmcli.data.records import Split
+
+    return Split(captions=[record]).pairs()[:1]
+
+
+@pytest.mark.parametrize("fusion", ["late", "cross"])
+def test_checkpoint_round_trip_gives_identical_outputs(fusion, tmp_path):
+    from mmcli.checkpoint import save_checkpoint
+    from mmcli.model.vlm import load_model
+    from mmcli.tokenizer import Tokenizer
+
+    model = tiny(fusion)
+    tok = Tokenizer.train(["a red circle", "a blue square left of a green star"], vocab_size=300)
+    save_checkpoint(tmp_path / "run", config={"model": model.cfg.to_dict(), "task": "vqa"}, model=model, tokenizer=tok)
+    loaded, ckpt = load_model(tmp_path / "run")
+    images, ids, lengths = batch()
+    with torch.no_grad():
+        assert torch.equal(model.vqa_logits(images, ids, lengths), loaded.vqa_logits(images, ids, lengths))
+    assert loaded.lm_head.weight is loaded.tok_emb.weight  # still tied
+    assert ckpt.tokenizer.encode("a red circle") == tok.encode("a red circle")
+
+
+def test_vit_backbone_in_the_full_model():
+    torch.manual_seed(0)
+    model = VLM(preset("tiny", backbone="vit_tiny_patch16_224", image_size=32, vocab_size=50, fusion="concat")).eval()
+    images = torch.randn(2, 3, 32, 32)
+    ids = torch.randint(6, 50, (2, 5))
+    with torch.no_grad():
+        assert model.lm_logits(images, ids).shape == (2, 5, 50)
+        assert len(generate.greedy(model, images, bos_id=2, eos_id=3, max_len=4)) == 2
