@@ -24,8 +24,8 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 app = typer.Typer(
     name="mmcli",
-    help="mmcli: a compact, offline-first vision-language toolkit. "
-    "Score captions, VQA answers and retrieval rankings with the standard metrics, no Java needed.",
+    help="mmcli: a compact, offline-first vision-language toolkit. Look at datasets, and score "
+    "captions, VQA answers and retrieval rankings with the standard metrics (no Java needed).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
