@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 
 import pytest
 
@@ -28,8 +29,9 @@ def test_readme_has_commands():
 
 
 @pytest.mark.parametrize("cmd", readme_commands())
-def test_readme_command_runs(cmd, run_cli, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_readme_command_runs(cmd, run_cli, tmp_path):
+    # run where README's relative paths resolve, without writing into the repository
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
     code, out, err = run_cli(*shlex.split(cmd)[1:])
     assert code == 0, err
     assert out.strip()

@@ -15,6 +15,7 @@ import typer
 from .. import __version__
 from ..errors import UserError
 from . import data as _data
+from . import finetune as _finetune
 from . import score as _score
 
 try:  # typer >= 0.20 vendors click
@@ -52,6 +53,7 @@ def _root(
 
 # The table of contents: one line per command.
 app.command("score", help=_score.HELP, epilog=_score.EPILOG, short_help=_score.SHORT)(_score.score)
+app.command("finetune", help=_finetune.HELP, epilog=_finetune.EPILOG, short_help=_finetune.SHORT)(_finetune.finetune)
 app.add_typer(_data.app, name="data", short_help="Look at a dataset (counts, answers, blind baselines) or write the synthetic one.")
 
 
