@@ -94,7 +94,7 @@ def score(
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Force the format of PREDS.")] = Format.auto,
     refs_format: Annotated[Format, typer.Option(help="Force the format of REFS.")] = Format.auto,
     split: Annotated[
-        Optional[str], typer.Option(help="Split to score when REFS is Karpathy split JSON.  [default: test]", show_default=False)
+        Optional[str], typer.Option(help="Split to score when REFS is Karpathy split JSON.  \\[default: test]", show_default=False)
     ] = None,
     restrict_to_preds: Annotated[
         bool,
