@@ -85,6 +85,7 @@ class TrainConfig:
     strict: bool = False  # a bad training image is an error instead of a warning
     beam: int = 1  # caption validation: 1 = greedy, else beam search with this width
     log_every: int = 10  # steps between log lines / metrics.jsonl entries
+    test: bool = True  # after training, evaluate best/ once on the test split (if the dataset has one)
 
     def __post_init__(self):
         if self.task not in TASK_METRIC:
@@ -137,6 +138,8 @@ class FitResult:
     stopped_early: bool = False
     exit_code: int = 0
     history: list = field(default_factory=list)  # the validation results of this invocation
+    test: dict | None = None  # the test-split scores of best/ (``cfg.test``), else None
+    test_seconds: float = 0.0
 
 
 # ============================================================================ the loop
@@ -163,6 +166,8 @@ def fit(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
         except BaseException as e:
             _write_status(run_dir, cfg, s.model.cfg, "failed" if isinstance(e, UserError) else "interrupted")
             raise
+        if not result.exit_code and cfg.test:
+            _final_test(cfg, s, run_dir, result)
         status = "interrupted" if result.exit_code else "finished"
         _write_status(run_dir, cfg, s.model.cfg, status, result.steps)
         return result
@@ -194,7 +199,7 @@ def _epochs(cfg: TrainConfig, s: "Session", run_dir: Path, on_step, show) -> tup
                 loss = s.loss_fn(model, batch.to(s.device), s)
                 _check_finite(loss, st, run_dir)
                 s.scaler.scale(loss / cfg.grad_accum).backward()
-                window.add(loss.item(), len(batch))
+                window.add(loss.item(), batch.n_samples)
             if (micro + 1) % cfg.grad_accum:
                 continue
             _optimizer_step(cfg, s)
@@ -292,6 +297,7 @@ class Session:
     total_steps: int
     log: "MetricsLog"
     skipper: "SkipCounter"
+    test: object = None  # the dataset's test split (a Split) or None; only the final test reads it
 
 
 @dataclass
@@ -308,7 +314,7 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
     from .model.vlm import VLM
 
     _seed_everything(cfg.seed)
-    train, val = _splits(cfg)
+    train, val, test = _splits(cfg)
     if not (val.questions if cfg.task == "vqa" else val.captions):
         raise UserError(f"{cfg.data}: the validation split has no {'questions' if cfg.task == 'vqa' else 'captions'}")
     tokenizer, answers = _text_vocab(cfg, train, run.checkpoint)
@@ -329,25 +335,48 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
     s = Session(model, tokenizer, answers, train_set, val, source, LOSSES[cfg.task], params, optimizer,
                 scheduler, scaler, device, autocast, TrainState(), steps_per_epoch, total,
-                MetricsLog(Path(cfg.out) / "metrics.jsonl"), SkipCounter(cfg.strict))
+                MetricsLog(Path(cfg.out) / "metrics.jsonl"), SkipCounter(cfg.strict), test)
     if run.checkpoint is not None:
         _restore(s, run.checkpoint)
     return s
 
 
 def _splits(cfg: TrainConfig):
-    """(train, val) splits; val is carved from train when the dataset has none. Never test."""
+    """(train, val, test) splits; val is carved from train when the dataset has none. test (None
+    when the dataset has none) is only read by the final evaluation, never for selection."""
     from .data.spec import load_dataset
 
     ds = load_dataset(cfg.data)
+    test = ds.splits.get("test")
     # single-file sources (jsonl, folder) have one split, "all": train on it, carve val
     train = ds.split("train") if "train" in ds.splits or "all" not in ds.splits else ds.splits["all"]
     if "val" in ds.splits:
-        return train, ds.splits["val"]
+        return train, ds.splits["val"], test
     train, val = carve_val(train, cfg.seed)
     print(f"mmcli: {cfg.data} has no val split: validating on a seeded 10% of the train images "
           f"({len(val.images())} images)", file=sys.stderr)
-    return train, val
+    return train, val, test
+
+
+def _final_test(cfg: TrainConfig, s: Session, run_dir: Path, result: "FitResult") -> None:
+    """Load ``best/`` and evaluate it once on the test split: metrics.jsonl, results.json, result.test."""
+    from .checkpoint import load_checkpoint
+    from .fileio import atomic_write_text
+
+    has = s.test is not None and bool(s.test.questions if cfg.task == "vqa" else s.test.captions)
+    if not has or not (run_dir / "best").exists():
+        return
+    t0 = time.perf_counter()
+    load_checkpoint(run_dir / "best").load_into(s.model)
+    scores = validate(cfg, replace(s, val=s.test))
+    result.test, result.test_seconds = scores, time.perf_counter() - t0
+    s.log.write({"split": "test", "step": result.best_step, "test": scores})
+    name = TASK_METRIC[cfg.task]
+    print(f"mmcli: test of best/ (step {result.best_step}): {name} {scores[name]:.4f}", flush=True)
+    summary = {"task": cfg.task, "data": cfg.data, "metric": name, "best_val": result.best,
+               "best_step": result.best_step, "steps": result.steps, "train_seconds": result.seconds,
+               "test": scores}
+    atomic_write_text(run_dir / "results.json", json.dumps(summary, indent=2) + "\n")
 
 
 def carve_val(train, seed: int, fraction: float = 0.1):
@@ -381,10 +410,10 @@ def _text_vocab(cfg: TrainConfig, train, checkpoint):
 
 
 def _train_dataset(cfg: TrainConfig, train, source, tokenizer, answers):
-    from .data.loaders import PairDataset, VQADataset
+    from .data.loaders import PairDataset, VQAImageDataset
 
-    if cfg.task == "vqa":
-        return VQADataset(train.questions, source, tokenizer, answers, max_len=cfg.max_text_len)
+    if cfg.task == "vqa":  # one item per image with all its questions: the image is encoded once
+        return VQAImageDataset(train.questions, source, tokenizer, answers, max_len=cfg.max_text_len)
     return PairDataset(train.pairs(), source, tokenizer, max_len=cfg.max_text_len)
 
 
@@ -466,8 +495,19 @@ def vqa_train_loss(model, batch, s: Session) -> torch.Tensor:
     from .losses import vqa_loss
 
     with s.autocast():
-        logits = model.vqa_logits(batch.images, batch.text, batch.text_len)
+        logits = vqa_batch_logits(model, batch)
     return vqa_loss(logits.float(), batch.targets)
+
+
+def vqa_batch_logits(model, batch) -> torch.Tensor:
+    """(B_q, n_answers) answer logits of a VQA batch; a grouped batch (``question_image`` set)
+    encodes each image once and gives its tokens to each of its questions."""
+    if batch.question_image is None:
+        return model.vqa_logits(batch.images, batch.text, batch.text_len)
+    if model.vqa_head is None:
+        raise ValueError("this model has no VQA head (n_answers = 0)")
+    img = model.encode_image(batch.images).index_select(0, batch.question_image)  # (B_q, N, D)
+    return model.vqa_head(model.understand(img, batch.text, batch.text_len))
 
 
 def retrieval_loss(model, batch, s: Session) -> torch.Tensor:
@@ -539,13 +579,18 @@ def _eval_batches(cfg: TrainConfig, s: Session, dataset):
 
 def _val_vqa(cfg: TrainConfig, s: Session) -> dict[str, float]:
     """VQA accuracy (0-100) of the argmax answer against each question's reference answers."""
-    from .data.loaders import VQADataset
+    return vqa_accuracy(cfg, s, s.val.questions)
+
+
+def vqa_accuracy(cfg: TrainConfig, s: Session, questions) -> dict[str, float]:
+    """VQA accuracy (0-100) of the model on ``questions`` (grouped by image: one encoding each)."""
+    from .data.loaders import VQAImageDataset
     from .metrics.vqa import question_accuracy
 
-    ds = VQADataset(s.val.questions, s.image_source, s.tokenizer, s.answers, max_len=cfg.max_text_len)
+    ds = VQAImageDataset(questions, s.image_source, s.tokenizer, s.answers, max_len=cfg.max_text_len)
     total, n = 0.0, 0
     for b in _eval_batches(cfg, s, ds):
-        best = s.model.vqa_logits(b.images, b.text, b.text_len).argmax(-1).tolist()
+        best = vqa_batch_logits(s.model, b).argmax(-1).tolist()
         for refs, k in zip(b.answers, best):
             total += question_accuracy(list(refs), s.answers.answers[k])
             n += 1
@@ -877,6 +922,8 @@ def summary_table(result: FitResult):
     table.add_row("steps", f"{result.steps} ({result.epochs:.2f} epochs)")
     table.add_row("wall time", f"{result.seconds:.1f} s")
     table.add_row("samples/s", f"{result.samples_per_s:.1f}")
+    if result.test is not None:
+        table.add_row(f"test {result.metric} (best/)", f"{result.test[result.metric]:.4f}")
     if result.skipped_images:
         table.add_row("skipped images", str(result.skipped_images))
     if result.stopped_early:

@@ -97,3 +97,18 @@ def test_distributed_sampler_under_a_process_group(data, tmp_path):
         assert isinstance(loader.sampler, DistributedSampler)
     finally:
         dist.destroy_process_group()
+
+
+def test_grouped_vqa_collate_shares_each_image(data):
+    from mmcli.data.loaders import VQAImageDataset
+
+    split, tok = data
+    qs = split.questions[:4]
+    extra = [VQARecord(f"x{i}", q.image_id, q.image, "is it red?", ("no",), "yes/no") for i, q in enumerate(qs[:2])]
+    answers = AnswerVocab.build(q.answers for q in qs + extra)
+    ds = VQAImageDataset(qs + extra, ImageSource(make_transform(CONFIG)), tok, answers)
+    assert len(ds) == 4 and ds.n_questions == 6
+    b = collate([ds[i] for i in range(4)], pad_id=tok.pad_id)
+    assert len(b) == 4 and b.n_samples == 6 and b.text.shape[0] == 6 and b.targets.shape[0] == 6
+    assert b.question_image.tolist() == [0, 0, 1, 1, 2, 3]
+    assert b.text_ids == ["q0", "x0", "q1", "x1", "q2", "q3"]

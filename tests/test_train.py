@@ -156,17 +156,18 @@ def test_validation_uses_val_never_test(monkeypatch):
     from mmcli.data.records import Dataset
 
     c = cfg()
-    train_split, val = train._splits(c)
+    train_split, val, test = train._splits(c)
     full = spec.load_dataset(DATA)
     assert val is full.splits["val"] or val.captions == full.splits["val"].captions
     test_ids = set(full.splits["test"].images())
+    assert test is full.splits["test"] or test.captions == full.splits["test"].captions  # for the final test only
     assert test_ids.isdisjoint(val.images()) and test_ids.isdisjoint(train_split.images())
 
     # no val split: a seeded 10% of the train images, disjoint from the rest; test still unused
     no_val = Dataset(DATA, {"train": full.splits["train"], "test": full.splits["test"]})
     monkeypatch.setattr(spec, "load_dataset", lambda s, **kw: no_val)
-    t1, v1 = train._splits(c)
-    t2, v2 = train._splits(c)
+    t1, v1, _ = train._splits(c)
+    t2, v2, _ = train._splits(c)
     assert v1.images() == v2.images() and len(v1.images()) == 4
     assert set(v1.images()).isdisjoint(t1.images()) and test_ids.isdisjoint(v1.images())
     assert len(t1.images()) + len(v1.images()) == len(full.splits["train"].images())
@@ -222,3 +223,31 @@ def test_bad_training_image_is_skipped_once_or_fatal_with_strict(capsys):
     assert result.skipped_images == 1 and err.count(f"skipping {bad}") == 1
     with pytest.raises(UserError, match="--strict"):
         fit(cfg(out="strict", strict=True, batch_size=16))
+
+
+def test_vqa_grouped_and_final_test():
+    """VQA trains on images grouped with their questions; best/ is evaluated once on the test split."""
+    from mmcli.data.loaders import Batch
+    from mmcli.model.vlm import VLM
+    from mmcli.config import preset
+
+    result = fit(cfg(task="vqa", fusion="cross", max_steps=6, eval_every=3))
+    assert result.test is not None and result.test["n"] > 0
+    saved = json.loads(Path("run/results.json").read_text())
+    assert saved["metric"] == "vqa_accuracy" and saved["test"] == result.test
+    assert saved["best_val"] == result.best
+    assert rows("run", "split")[-1]["split"] == "test"
+    # the grouped path gives the same logits as encoding the image once per question
+    model = VLM(preset("tiny", n_answers=5, vocab_size=50)).eval()
+    images, owner = torch.randn(2, 3, 64, 64), torch.tensor([0, 0, 1])
+    ids, lens = torch.randint(4, 50, (3, 5)), torch.tensor([5, 3, 4])
+    grouped = Batch(images=images, image_ids=["a", "b"], text=ids, text_len=lens, question_image=owner)
+    with torch.no_grad():
+        a = train.vqa_batch_logits(model, grouped)
+        b = model.vqa_logits(images[owner], ids, lens)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_no_test_flag_skips_the_test_split():
+    result = fit(cfg(task="vqa", fusion="late", max_steps=3, eval_every=3, test=False))
+    assert result.test is None and not Path("run/results.json").exists()

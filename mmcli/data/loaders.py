@@ -43,9 +43,17 @@ class Batch:
     answers: list[tuple[str, ...]] | None = None  # reference answers (for the metric)
     references: list[tuple[str, ...]] | None = None  # reference captions (for the metric)
     skipped: list[Skipped] = field(default_factory=list)
+    # grouped VQA (VQAImageDataset): the text/targets rows are questions (B_q), ``images`` holds
+    # each image once (B_img) and question_image (B_q,) int64 maps a question to its image row
+    question_image: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def n_samples(self) -> int:
+        """Training samples in the batch: questions when grouped, else rows."""
+        return self.text.shape[0] if self.question_image is not None else len(self)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """The same batch with every tensor on ``device``."""
@@ -147,6 +155,38 @@ class VQADataset(_Base):
         return {"image": img, "image_id": q.image_id, "text": ids, "text_id": q.question_id, "target": target, "answers": q.answers}
 
 
+class VQAImageDataset(_Base):
+    """One item per image with all its questions (grouped VQA): the image encoder then runs once
+    per image and its tokens are shared by the image's questions (``Batch.question_image``).
+
+    ``max_questions``: keep at most this many questions per image (the first ones), None = all.
+    """
+
+    def __init__(self, questions: Sequence[VQARecord], images: ImageSource, tokenizer, answer_vocab,
+                 max_len: int = 32, max_questions: int | None = None):
+        groups: dict[str, list[VQARecord]] = {}
+        for q in questions:
+            groups.setdefault(q.image_id, []).append(q)
+        super().__init__([g[:max_questions] for g in groups.values()], images)
+        self.tokenizer, self.answer_vocab, self.max_len = tokenizer, answer_vocab, max_len
+        self.n_questions = sum(len(g) for g in self.records)
+
+    def __getitem__(self, i: int):
+        qs = self.records[i]
+        img = self._image(qs[0].image)
+        if isinstance(img, Skipped):
+            return img
+        n = len(self.answer_vocab.answers)
+        questions = []
+        for q in qs:
+            ids = [self.tokenizer.cls_id] + self.tokenizer.encode(q.question)[: self.max_len - 1]
+            target = torch.zeros(n)
+            for idx, score in self.answer_vocab.soft_targets(q.answers).items():
+                target[idx] = score
+            questions.append({"text": ids, "text_id": q.question_id, "target": target, "answers": q.answers})
+        return {"image": img, "image_id": qs[0].image_id, "questions": questions}
+
+
 def collate(items: list, pad_id: int = 0) -> Batch:
     """Stack dataset items into one :class:`Batch`; skipped items are listed, not stacked."""
     skipped = [it for it in items if isinstance(it, Skipped)]
@@ -158,6 +198,10 @@ def collate(items: list, pad_id: int = 0) -> Batch:
         image_ids=[it["image_id"] for it in items],
         skipped=skipped,
     )
+    if "questions" in items[0]:  # grouped VQA: question rows + the image row of each
+        owner = [row for row, it in enumerate(items) for _ in it["questions"]]
+        items = [q for it in items for q in it["questions"]]
+        batch.question_image = torch.tensor(owner, dtype=torch.int64)
     if "text" in items[0]:
         lengths = [len(it["text"]) for it in items]
         text = np.full((len(items), max(lengths)), pad_id, dtype=np.int64)
