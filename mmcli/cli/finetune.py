@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .options import Task
+
 SHORT = "Train a model for captioning, VQA or retrieval, keeping the best checkpoint on the val split."
 
 HELP = """Train a vision-language model for one task and select it on the validation split.
@@ -36,12 +38,6 @@ EPILOG = """[b]Examples[/b]
 
   mmcli finetune --resume runs/cap --max-steps 5000
 """
-
-
-class Task(str, Enum):
-    caption = "caption"
-    vqa = "vqa"
-    retrieval = "retrieval"
 
 
 class Preset(str, Enum):

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .options import Task
+
 SHORT = "Score captions (BLEU, ROUGE-L, CIDEr-D), VQA answers or retrieval rankings. No Java."
 
 HELP = """Score PREDS against REFS with the standard metrics, exactly as the reference tools do.
@@ -46,12 +48,6 @@ EPILOG = """[b]Examples[/b]
 
   mmcli score examples/retrieval_ranking.json examples/retrieval_gt.json --task retrieval
 """
-
-
-class Task(str, Enum):
-    caption = "caption"
-    vqa = "vqa"
-    retrieval = "retrieval"
 
 
 class Format(str, Enum):
