@@ -194,7 +194,8 @@ def _epochs(cfg: TrainConfig, s: "Session", run_dir: Path, on_step, show) -> tup
         batches = _epoch_batches(len(s.train_set), cfg, st.epoch, s.steps_per_epoch)
         model.train()
         for micro, batch in enumerate(_loader(s, batches[st.pos:], cfg, st.epoch), start=st.pos):
-            s.skipper.check(batch)
+            for item in batch.skipped:  # warned once per file, counted; --strict: an error
+                s.skipper.record(item.path, item.reason)
             if len(batch):  # (empty when every image of the batch was unreadable)
                 loss = s.loss_fn(model, batch.to(s.device), s)
                 _check_finite(loss, st, run_dir)
@@ -296,7 +297,7 @@ class Session:
     steps_per_epoch: int
     total_steps: int
     log: "MetricsLog"
-    skipper: "SkipCounter"
+    skipper: "ImageSkipper"
     test: object = None  # the dataset's test split (a Split) or None; only the final test reads it
 
 
@@ -309,7 +310,7 @@ class _Opened:
 
 def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dtype | None) -> Session:
     """Data, tokenizer, model, optimizer and schedule; restored from ``last/`` when resuming."""
-    from .data.images import make_transform
+    from .data.images import ImageSkipper, make_transform
     from .data.loaders import ImageSource
     from .model.vlm import VLM
 
@@ -335,7 +336,7 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
     s = Session(model, tokenizer, answers, train_set, val, source, LOSSES[cfg.task], params, optimizer,
                 scheduler, scaler, device, autocast, TrainState(), steps_per_epoch, total,
-                MetricsLog(Path(cfg.out) / "metrics.jsonl"), SkipCounter(cfg.strict), test)
+                MetricsLog(Path(cfg.out) / "metrics.jsonl"), ImageSkipper(cfg.strict), test)
     if run.checkpoint is not None:
         _restore(s, run.checkpoint)
     return s
@@ -834,25 +835,6 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
-
-
-class SkipCounter:
-    """Bad training images: a warning once per file and a count (``strict``: an error)."""
-
-    def __init__(self, strict: bool):
-        self.strict, self.seen = strict, set()
-
-    def check(self, batch) -> None:
-        for item in batch.skipped:
-            if self.strict:
-                raise UserError(f"{item.path}: {item.reason} (--strict stops at bad images)")
-            if item.path not in self.seen:
-                self.seen.add(item.path)
-                print(f"mmcli: warning: skipping {item.path}: {item.reason}", file=sys.stderr)
-
-    @property
-    def count(self) -> int:
-        return len(self.seen)
 
 
 class _Window:

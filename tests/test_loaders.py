@@ -46,6 +46,7 @@ def test_pair_dataset_batches_and_skips_bad_images(data):
     assert isinstance(batch, Batch)
     assert len(batch) == 8 and batch.images.shape == (8, 3, 32, 32)
     assert [s.path.endswith("bad.jpg") for s in batch.skipped] == [True]
+    assert "bad.jpg" not in batch.skipped[0].reason  # the warning line names the file once
     assert batch.text.shape[0] == 8 and batch.text.shape[1] <= 6
     assert (batch.text[:, 0] == tok.bos_id).all()
     for row, n in zip(batch.text, batch.text_len):  # right padding with pad_id after each text

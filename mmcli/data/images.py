@@ -144,7 +144,8 @@ class ImageSkipper:
 
     def __init__(self, strict: bool = False):
         self.strict = strict
-        self.skipped: list[tuple[str, str]] = []  # (path, problem)
+        self.skipped: list[tuple[str, str]] = []  # (path, problem), one entry per file
+        self._seen: set[str] = set()
 
     def load(self, path: str | os.PathLike) -> Image.Image | None:
         try:
@@ -157,8 +158,18 @@ class ImageSkipper:
         """Record and warn about ``err`` (raised by any loader), or re-raise it when strict."""
         if self.strict:
             raise err
-        self.skipped.append((err.path, err.problem))
-        print(f"mmcli: warning: skipping {err.path}: {err.problem}", file=sys.stderr)
+        self.record(err.path, err.problem)
+
+    def record(self, path: str, problem: str) -> None:
+        """Record a bad image found elsewhere (e.g. in a DataLoader worker): one warning per
+        file, however often it comes back (every epoch); strict: a BadImage error."""
+        if self.strict:
+            raise BadImage(path, f"{problem} (--strict stops at bad images)")
+        if path in self._seen:
+            return
+        self._seen.add(path)
+        self.skipped.append((path, problem))
+        print(f"mmcli: warning: skipping {path}: {problem}", file=sys.stderr)
 
     @property
     def count(self) -> int:

@@ -27,7 +27,7 @@ class Skipped:
     """An item whose image could not be loaded."""
 
     path: str
-    reason: str
+    reason: str  # the problem, without the path
 
 
 @dataclass
@@ -103,7 +103,7 @@ class _Base(torch.utils.data.Dataset):
         try:
             return self.images(path)
         except BadImage as e:
-            return Skipped(path, str(e))
+            return Skipped(path, e.problem)
 
 
 class PairDataset(_Base):
