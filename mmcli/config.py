@@ -32,6 +32,7 @@ class ModelConfig:
     pretrained: bool = False  # timm weights from the hub (needs the network) ...
     backbone_weights: str | None = None  # ... or from a local file
     freeze_backbone: bool = False
+    drop_stages: int = 0  # remove the backbone's last N stages: finer image tokens, less compute
     dim: int = 256  # width of the text and fusion layers
     heads: int = 4
     text_layers: int = 2  # unimodal (self-attention only) text layers
@@ -52,6 +53,8 @@ class ModelConfig:
             raise UserError(f"model width {self.dim} is not divisible by {self.heads} heads")
         if self.image_pool not in ("attn", "mean"):
             raise UserError(f"unknown image pooling {self.image_pool!r}; choose attn or mean")
+        if self.drop_stages < 0:
+            raise UserError(f"drop_stages must not be negative, got {self.drop_stages}")
         for name in ("dim", "heads", "vocab_size", "max_text_len", "image_size", "embed_dim"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")

@@ -199,3 +199,24 @@ def test_pretrained_download_failure_is_a_user_error(monkeypatch):
 def test_pretrained_and_local_weights_together_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"not both"):
         VisionTower(CNN, dim=8, image_size=64, pretrained=True, weights=tmp_path / "w.safetensors")
+
+
+def test_drop_stages_gives_finer_tokens_and_loads_full_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    full = VisionTower(CNN, dim=8, image_size=64)
+    cut = VisionTower(CNN, dim=8, image_size=64, drop_stages=1)
+    # one stage less: stride 16 instead of 32, so 4x4 tokens of the third stage's 256 channels
+    assert (cut.num_tokens, cut.feature_dim) == (16, 256)
+    assert cut(torch.randn(2, 3, 64, 64)).shape == (2, 16, 8)
+    assert sum(p.numel() for p in cut.parameters()) < sum(p.numel() for p in full.parameters())
+    # weights saved from the whole backbone load before the cut (no "unexpected keys" for layer4)
+    save_file(full.backbone.state_dict(), tmp_path / "full.safetensors")
+    loaded = VisionTower(CNN, dim=8, image_size=64, drop_stages=1, weights=tmp_path / "full.safetensors")
+    assert torch.equal(loaded.backbone.conv1[0].weight, full.backbone.conv1[0].weight)
+
+
+@pytest.mark.parametrize("k", [5, -1])
+def test_drop_stages_out_of_range_is_a_user_error(k):
+    with pytest.raises(UserError, match="cannot drop"):
+        VisionTower(CNN, dim=8, image_size=64, drop_stages=k)

@@ -18,6 +18,11 @@ Decisions, in the order they happen:
   token and any register tokens come first (``num_prefix_tokens`` of them),
   then the patches. Fusion attends over all of them; a caller that wants only
   patches drops ``tokens[:, :tower.num_prefix_tokens]``.
+* ``drop_stages=k`` removes the backbone's last k feature stages (timm's
+  ``prune_intermediate_layers``, after any weights are loaded): a ResNet cut after
+  its third stage gives 4x finer image tokens (8x8 instead of 4x4 at 128 px) for
+  about three quarters of the compute and a third of the parameters. Small
+  images and small objects want it.
 * Then a Linear(C, dim) and a LayerNorm(dim): the backbone's width becomes the
   text width and the tokens arrive normalised whatever the backbone's scale.
 * ``pretrained=True`` is timm's own download (Hugging Face Hub, network);
@@ -50,7 +55,7 @@ class VisionTower(nn.Module):
     """
 
     def __init__(self, name: str, dim: int, image_size: int, pretrained: bool = False,
-                 weights: str | os.PathLike | None = None, freeze: bool = False):
+                 weights: str | os.PathLike | None = None, freeze: bool = False, drop_stages: int = 0):
         super().__init__()
         if pretrained and weights is not None:
             raise UserError(f"backbone {name}: choose timm's pretrained weights or a local weights file "
@@ -58,6 +63,8 @@ class VisionTower(nn.Module):
         self.name, self.image_size, self.frozen = name, int(image_size), bool(freeze)
         self.backbone = _create_backbone(name, self.image_size, pretrained)
         self.weights_info = None if weights is None else load_backbone_weights(self.backbone, weights, name)
+        if drop_stages:
+            _drop_stages(self.backbone, name, int(drop_stages))
         self.feature_dim = int(self.backbone.num_features)
         self.num_prefix_tokens = int(getattr(self.backbone, "num_prefix_tokens", 0))
         # timm models with NHWC output (Swin) declare output_fmt; other 4-D output is NCHW (checked by the probe)
@@ -152,6 +159,15 @@ class VisionTower(nn.Module):
         if tokens.shape[-1] != c:
             raise ValueError(f"backbone {self.name}: token width {tokens.shape[-1]} != num_features {c}")
         return int(tokens.shape[1])
+
+
+def _drop_stages(backbone: nn.Module, name: str, k: int) -> None:
+    """Remove the last ``k`` feature stages of a timm backbone in place."""
+    n = len(getattr(backbone, "feature_info", None) or ())
+    if k < 0 or not hasattr(backbone, "prune_intermediate_layers") or k >= n:
+        have = f"has {n} feature stages" if n else "cannot be cut into stages"
+        raise UserError(f"backbone {name} {have}; cannot drop {k} of them")
+    backbone.prune_intermediate_layers(indices=[n - 1 - k], prune_norm=True, prune_head=True)
 
 
 def _create_backbone(name: str, image_size: int, pretrained: bool) -> nn.Module:

@@ -53,7 +53,8 @@ class VLM(nn.Module):
         self.cfg = cfg
         D = cfg.dim
         self.vision = VisionTower(
-            cfg.backbone, D, cfg.image_size, pretrained=cfg.pretrained, weights=cfg.backbone_weights, freeze=cfg.freeze_backbone
+            cfg.backbone, D, cfg.image_size, pretrained=cfg.pretrained, weights=cfg.backbone_weights, freeze=cfg.freeze_backbone,
+            drop_stages=cfg.drop_stages,
         )
         n_img = self.vision.num_tokens
         self.image_pos = nn.Parameter(torch.zeros(1, n_img, D))  # CNN tokens carry no position of their own
