@@ -301,6 +301,12 @@ def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.devi
                       answer_vocab=answer_vocab, map_location=map_location, recovered=recovered, tied=tied)
 
 
+def read_config(directory: str | os.PathLike) -> dict:
+    """The validated ``config.json`` of a checkpoint directory, without reading its weights."""
+    path, _ = _find(Path(directory))
+    return _read_config(path)
+
+
 def _find(path: Path) -> tuple[Path, bool]:
     if path.is_dir():
         return path, False
@@ -421,7 +427,10 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        if _one_gpu_per_process():  # torchrun: this process's GPU only (the others belong to other ranks)
+            state["cuda"] = [torch.cuda.get_rng_state()]
+        else:
+            state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
@@ -434,8 +443,17 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
+        if _one_gpu_per_process():  # the ranks share one random stream: the first saved GPU's
+            torch.cuda.set_rng_state(state["cuda"][0])
+            return
         for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s, i)
+
+
+def _one_gpu_per_process() -> bool:
+    from .device import world
+
+    return world() > 1
 
 
 def _as_tuples(obj):

@@ -14,12 +14,13 @@ from .errors import UserError
 FUSIONS = ("late", "concat", "cross")
 TASKS = ("caption", "vqa", "retrieval", "pretrain")
 # which fusion modes can serve which task: late fusion has no token-level
-# interaction with the image, so it cannot generate captions
+# interaction with the image, so it cannot generate captions (nor pretrain with
+# the lm objective: mmcli.train refuses that; itc and itm alone are fine)
 TASK_FUSIONS = {
     "caption": ("concat", "cross"),
     "vqa": FUSIONS,
     "retrieval": FUSIONS,
-    "pretrain": ("concat", "cross"),
+    "pretrain": FUSIONS,
 }
 
 

@@ -27,7 +27,8 @@ def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch
     """Symmetric in-batch contrastive loss; row i of each side is a matching pair.
 
     Embeddings are L2-normalised (B, E). Under torchrun, gather the other ranks'
-    embeddings before calling this, so that they serve as negatives too.
+    embeddings before calling this (``mmcli.device.gather``, which keeps the gradient),
+    so that they serve as negatives too: every rank then computes the global batch's loss.
     """
     scale = logit_scale.exp().clamp(max=100)  # CLIP's cap on the temperature
     logits = scale * image_emb @ text_emb.t()  # (B, B)

@@ -1,4 +1,5 @@
-"""Task training: ``fit(TrainConfig) -> FitResult``, one loop shared by caption, VQA and retrieval.
+"""Task training: ``fit(TrainConfig) -> FitResult``, one loop shared by caption, VQA, retrieval and
+pretraining (ITC, ITM and LM objectives, weighted); ``init`` starts a run from another run's weights.
 
 Reading order: :class:`TrainConfig` (every knob), :func:`fit` (the loop on one
 screen), then the helpers it calls: building the data and model, the per-task
@@ -20,8 +21,12 @@ batches. The data order of epoch ``e`` is a permutation drawn from a
 ``torch.Generator`` seeded with ``seed + e``, so a resumed run skips the batches
 the interrupted one already used and sees exactly the same data after them.
 
-Distributed training is not implemented yet; the places that must change for
-it are marked ``TODO(ddp)``.
+Under ``torchrun`` the same loop runs data-parallel (DDP), one process per device:
+rank ``r`` takes the ``r``-th of ``world`` equal slices of every batch (``--batch-size``
+is the global batch, so the data order and resuming are those of one process), the losses are
+weighted so that DDP's mean of the gradients is the global batch's, rank 0 alone
+validates, writes and prints, and every rank stops at the same step; see
+:mod:`mmcli.device`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -42,22 +48,35 @@ import numpy as np
 import torch
 
 from .config import preset
+from .device import (Distributed, all_ranks, barrier, broadcast_object, gather, gather_objects, is_main,
+                     max_over_ranks, rank, resolve_precision, share, sum_over_ranks, world)
+from .device import resolve_device  # noqa: F401 (it lived here: train.resolve_device still works)
 from .errors import UserError
 
-TASK_METRIC = {"caption": "cider_d", "vqa": "vqa_accuracy", "retrieval": "mean_recall"}
+TASK_METRIC = {"caption": "cider_d", "vqa": "vqa_accuracy", "retrieval": "mean_recall",
+               "pretrain": "mean_recall"}  # pretrain: with the default objectives; see selection_metric
+# the pretraining objectives (--objectives), computed by pretrain_loss on image-caption pairs
+OBJECTIVES = {
+    "itc": "image-text contrastive: each image against the batch's captions, and each caption against its images",
+    "itm": "image-text matching: match / no-match of a pair, on hard negatives drawn from the ITC similarities",
+    "lm": "language modelling: the caption's next-token cross-entropy given the image (captioning)",
+}
+DEFAULT_OBJECTIVES = "itc,itm,lm"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report
 # fields that define a run: resuming with other values would silently train something else
 _IDENTITY = ("task", "data", "preset", "fusion", "model", "seed", "batch_size", "grad_accum",
-             "vocab_size", "answer_top_k", "max_text_len")
+             "vocab_size", "answer_top_k", "max_text_len", "objectives", "init")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything ``fit`` needs; saved as ``train`` in every checkpoint's config."""
 
-    task: str = "caption"  # caption | vqa | retrieval
+    task: str = "caption"  # caption | vqa | retrieval | pretrain
     data: str = "shapes"  # a dataset spec (mmcli.data.spec)
+    objectives: str | None = None  # pretrain only: "itc,itm,lm" or weighted "itc=1,lm=0.5"; None = DEFAULT_OBJECTIVES
+    init: str | None = None  # start from this run's (or checkpoint's) weights, tokenizer and ModelConfig
     out: str = "runs/run"  # the run directory
     preset: str = "small"  # tiny | small | base
     fusion: str | None = None  # None: the preset's
@@ -102,16 +121,36 @@ class TrainConfig:
             raise UserError(f"max_steps must be at least 1, got {self.max_steps}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
             raise UserError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got {self.lr} and {self.min_lr_ratio}")
+        if self.objectives is not None:
+            if self.task != "pretrain":
+                raise UserError(f"--objectives is for pretrain; task {self.task} has its own loss")
+            parse_objectives(self.objectives)
+
+    def objective_weights(self) -> dict[str, float]:
+        """Pretraining objective -> weight (see :func:`parse_objectives`)."""
+        return parse_objectives(self.objectives or DEFAULT_OBJECTIVES)
 
     def model_config(self, **sizes):
-        """The ModelConfig of this run (``sizes``: vocab_size, n_answers known after the data)."""
-        changes = dict(self.model, max_text_len=self.max_text_len, **sizes)
-        if self.fusion is not None:
-            changes["fusion"] = self.fusion
-        try:
-            return preset(self.preset, **changes)
-        except TypeError as e:  # an unknown field name in `model`
-            raise UserError(f"model overrides {sorted(self.model)}: {e}") from None
+        """The ModelConfig of this run (``sizes``: vocab_size, n_answers known after the data).
+
+        With ``init`` it is the init run's (``preset`` and ``model`` are ignored; see
+        :func:`_init_model_config`).
+        """
+        if self.init is not None:
+            mc = _init_model_config(self, sizes)
+        else:
+            changes = dict(self.model, max_text_len=self.max_text_len, **sizes)
+            if self.fusion is not None:
+                changes["fusion"] = self.fusion
+            try:
+                mc = preset(self.preset, **changes)
+            except TypeError as e:  # an unknown field name in `model`
+                raise UserError(f"model overrides {sorted(self.model)}: {e}") from None
+        if self.task == "pretrain" and mc.fusion == "late" and "lm" in self.objective_weights():
+            raise UserError("--fusion late cannot do the lm objective: late fusion combines pooled vectors and has "
+                            "no token-level attention to generate text; pretrain it with --objectives itc,itm, "
+                            "or use --fusion concat or cross")
+        return mc
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +159,71 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def parse_objectives(spec: str) -> dict[str, float]:
+    """``"itc,itm,lm"`` or ``"itc=1,itm=1,lm=0.5"`` -> ``{objective: weight}``; a bare name weighs 1."""
+    choices = ", ".join(OBJECTIVES)
+    if not spec.strip():
+        raise UserError(f"--objectives is empty; give some of {choices}, e.g. itc,itm,lm or itc=1,lm=0.5")
+    weights = {}
+    for part in spec.split(","):
+        name, eq, value = part.partition("=")
+        name = name.strip().lower()
+        if not name:
+            raise UserError(f"--objectives {spec!r}: an empty entry; give a comma-separated list of {choices}")
+        if name not in OBJECTIVES:
+            raise UserError(f"--objectives: unknown objective {name!r}; choose from {choices}")
+        if name in weights:
+            raise UserError(f"--objectives: {name} is given twice")
+        try:
+            weight = float(value) if eq else 1.0
+        except ValueError:
+            weight = float("nan")
+        if not (math.isfinite(weight) and weight > 0):
+            raise UserError(f"--objectives: bad weight {value.strip()!r} for {name}; expected a positive number, "
+                            f"e.g. {name}=0.5 (leave an objective out to turn it off)")
+        weights[name] = weight
+    return weights
+
+
+def init_checkpoint(init: str | os.PathLike) -> Path:
+    """The checkpoint ``--init`` names: RUN/best, else RUN/last, or a checkpoint directory itself."""
+    p = Path(init)
+    if not p.is_dir():
+        raise UserError(f"--init {init}: {'not a directory' if p.exists() else 'directory not found'}")
+    if (p / "model.safetensors").is_file():  # a checkpoint directory itself
+        return p
+    for name in ("best", "last"):  # (.NAME.old: a save was interrupted; load_checkpoint reads it)
+        if (p / name).is_dir() or (p / f".{name}.old").is_dir():
+            return p / name
+    raise UserError(f"--init {init}: no checkpoint in it (expected a training run with best/ or last/, "
+                    "or a checkpoint directory with model.safetensors)")
+
+
+def _init_model_config(cfg: TrainConfig, sizes: dict):
+    """``init``: the init run's ModelConfig with this run's ``sizes`` (a new VQA head); a resumed
+    run reads its own config.json instead, so the init run may be gone by then."""
+    from .checkpoint import read_config
+    from .config import ModelConfig
+
+    if cfg.resume is not None:
+        where = Path(cfg.resume) / "config.json"
+        saved = _read_json(where).get("model")
+    else:
+        where = init_checkpoint(cfg.init)
+        saved = read_config(where).get("model")
+    if not isinstance(saved, dict):
+        raise UserError(f"{where}: has no model config; cannot initialise from it")
+    mc = ModelConfig.from_dict(saved)
+    if cfg.fusion is not None and cfg.fusion != mc.fusion:
+        raise UserError(f"--fusion {cfg.fusion} does not match the --init run ({where}: fusion {mc.fusion}); "
+                        f"the model comes from the init run: leave --fusion out or give {mc.fusion}")
+    if cfg.max_text_len > mc.max_text_len:
+        raise UserError(f"max_text_len {cfg.max_text_len} is longer than the --init model's "
+                        f"{mc.max_text_len} ({where}); use at most {mc.max_text_len}")
+    # the backbone weights come with the checkpoint: no hub download, no local file needed
+    return replace(mc, pretrained=False, backbone_weights=None, **sizes)
 
 
 @dataclass
@@ -154,11 +258,13 @@ def fit(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
     run_dir = Path(cfg.resume or cfg.out)
     cfg = replace(cfg, out=str(run_dir))
     cfg.model_config().check_task(cfg.task)  # late + caption is refused before any work
-    device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
-    # TODO(ddp): only rank 0 takes the lock and writes the run directory
-    with RunLock(run_dir), _StopSignals(), _Determinism(cfg.deterministic):
+    # under torchrun: one process per device, gloo on CPU, NCCL on CUDA (mmcli.device); only rank 0
+    # takes the lock and writes the run directory (config.json, metrics.jsonl, checkpoints)
+    with Distributed(cfg.device) as device, (RunLock(run_dir) if is_main() else nullcontext()), \
+            _StopSignals(), _Determinism(cfg.deterministic):
+        dtype = resolve_precision(cfg.precision, device)
         run = _open_run(cfg, run_dir)
+        barrier()  # every rank has looked at the run directory before rank 0 writes into it
         s = _build(cfg, run, device, dtype)
         _write_status(run_dir, cfg, s.model.cfg, "running")
         try:
@@ -166,7 +272,7 @@ def fit(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
         except BaseException as e:
             _write_status(run_dir, cfg, s.model.cfg, "failed" if isinstance(e, UserError) else "interrupted")
             raise
-        if not result.exit_code and cfg.test:
+        if not result.exit_code and cfg.test and is_main():  # (the other ranks wait at the end)
             _final_test(cfg, s, run_dir, result)
         status = "interrupted" if result.exit_code else "finished"
         _write_status(run_dir, cfg, s.model.cfg, status, result.steps)
@@ -182,7 +288,10 @@ def _train(cfg: TrainConfig, s: "Session", run_dir: Path, on_step) -> FitResult:
         history, exit_code = _epochs(cfg, s, run_dir, on_step, (progress, window))
     finally:
         progress.close()
-    return _result(cfg, s, run_dir, history, exit_code, (time.perf_counter() - start, window.seen))
+    seen = sum_over_ranks([window.seen])[0]  # samples of every rank
+    result = _result(cfg, s, run_dir, history, exit_code, (time.perf_counter() - start, seen))
+    result.metric = selection_metric(cfg)  # pretrain's depends on the objectives
+    return result
 
 
 def _epochs(cfg: TrainConfig, s: "Session", run_dir: Path, on_step, show) -> tuple[list, int]:
@@ -196,8 +305,9 @@ def _epochs(cfg: TrainConfig, s: "Session", run_dir: Path, on_step, show) -> tup
         for micro, batch in enumerate(_loader(s, batches[st.pos:], cfg, st.epoch), start=st.pos):
             for item in batch.skipped:  # warned once per file, counted; --strict: an error
                 s.skipper.record(item.path, item.reason)
-            if len(batch):  # (empty when every image of the batch was unreadable)
-                loss = s.loss_fn(model, batch.to(s.device), s)
+            # (empty when every image of the batch was unreadable; under torchrun, on any rank: all skip it)
+            if all_ranks(len(batch) > 0):
+                loss = _batch_loss(s, batch.to(s.device))
                 _check_finite(loss, st, run_dir)
                 s.scaler.scale(loss / cfg.grad_accum).backward()
                 window.add(loss.item(), batch.n_samples)
@@ -213,8 +323,8 @@ def _epochs(cfg: TrainConfig, s: "Session", run_dir: Path, on_step, show) -> tup
                 log.write(row)
             progress.update(st.step, row)
             if _eval_due(cfg, st.step, st.pos, len(batches)) or st.step == s.total_steps:
-                history.append(_validate_and_save(cfg, s, run_dir))
-            if _STOP.signum is not None:
+                history.append(_validate_on_rank0(cfg, s, run_dir))
+            if _stop_agreed():
                 exit_code = _stop(cfg, s, run_dir)
                 break
             if st.step >= s.total_steps or st.early_stopped:
@@ -227,8 +337,8 @@ def _epochs(cfg: TrainConfig, s: "Session", run_dir: Path, on_step, show) -> tup
 
 
 def _check_finite(loss: torch.Tensor, st: "TrainState", run_dir: Path) -> None:
-    """A NaN/inf loss ends the run before its gradients touch the weights; nothing is saved."""
-    if not torch.isfinite(loss):
+    """A NaN/inf loss (on any rank) ends the run before its gradients touch the weights; nothing is saved."""
+    if not all_ranks(bool(torch.isfinite(loss))):
         raise UserError(f"the loss became {loss.item()} at step {st.step + 1} (epoch {st.epoch + 1}); "
                         f"stopped without saving this state. The last good checkpoint is {run_dir / 'last'} "
                         "(if a validation saved one): resume it with a lower --lr, or use --precision fp32")
@@ -256,8 +366,24 @@ def _stop(cfg: TrainConfig, s: "Session", run_dir: Path) -> int:
     save_last(s, run_dir, cfg)
     code = EXIT_CODES.get(_STOP.signum, 130)
     print(f"mmcli: stopped at step {s.state.step} ({signal.Signals(_STOP.signum).name}); "
-          f"continue with: mmcli finetune --resume {run_dir}", file=sys.stderr, flush=True)
+          f"continue with: mmcli {'pretrain' if cfg.task == 'pretrain' else 'finetune'} --resume {run_dir}",
+          file=sys.stderr, flush=True)
     return code
+
+
+def _stop_agreed() -> bool:
+    """Whether a stop was asked (SIGINT/SIGTERM, :func:`request_stop`) on any rank; under
+    torchrun every rank then stops after the same step."""
+    signum = max_over_ranks(_STOP.signum or 0)
+    if signum:
+        _STOP.signum = signum
+    return bool(signum)
+
+
+def _batch_loss(s: "Session", batch) -> torch.Tensor:
+    """The task loss of one batch; under torchrun through DDP (``s.ddp``), whose backward
+    averages the gradients over the ranks."""
+    return s.loss_fn(s.model, batch, s) if s.ddp is None else s.ddp(batch, s)
 
 
 # ============================================================================ building a session
@@ -299,13 +425,15 @@ class Session:
     log: "MetricsLog"
     skipper: "ImageSkipper"
     test: object = None  # the dataset's test split (a Split) or None; only the final test reads it
+    ddp: torch.nn.Module | None = None  # under torchrun: the loss in DDP (see _data_parallel), else None
 
 
 @dataclass
 class _Opened:
-    """What :func:`_open_run` found: the checkpoint to resume from (or None)."""
+    """What :func:`_open_run` found: the checkpoint to resume from, or the ``--init`` one (or None)."""
 
     checkpoint: object = None
+    init: object = None
 
 
 def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dtype | None) -> Session:
@@ -318,9 +446,11 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
     train, val, test = _splits(cfg)
     if not (val.questions if cfg.task == "vqa" else val.captions):
         raise UserError(f"{cfg.data}: the validation split has no {'questions' if cfg.task == 'vqa' else 'captions'}")
-    tokenizer, answers = _text_vocab(cfg, train, run.checkpoint)
+    tokenizer, answers = _text_vocab(cfg, train, run.checkpoint, run.init)
     sizes = {"vocab_size": tokenizer.vocab_size, "n_answers": len(answers) if answers else 0}
     model = VLM(cfg.model_config(**sizes))
+    if run.init is not None and run.checkpoint is None:  # --init (a resume restores last/ instead)
+        _load_init(model, run.init)
     source = ImageSource(make_transform(model.vision.data_config))
     train_set = _train_dataset(cfg, train, source, tokenizer, answers)
     steps_per_epoch = (_n_batches(len(train_set), cfg.batch_size)) // cfg.grad_accum
@@ -334,12 +464,49 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(cfg.warmup_steps, total, cfg.min_lr_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
-    s = Session(model, tokenizer, answers, train_set, val, source, LOSSES[cfg.task], params, optimizer,
+    s = Session(model, tokenizer, answers, train_set, val, source, _loss_fn(cfg), params, optimizer,
                 scheduler, scaler, device, autocast, TrainState(), steps_per_epoch, total,
                 MetricsLog(Path(cfg.out) / "metrics.jsonl"), ImageSkipper(cfg.strict), test)
     if run.checkpoint is not None:
         _restore(s, run.checkpoint)
+    s.ddp = _data_parallel(cfg, s)
     return s
+
+
+class _LossModule(torch.nn.Module):
+    """The task loss as a module's ``forward``: DDP averages the gradients of what runs inside
+    its forward, and the losses call several methods of the model, never its ``forward``."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch, s: Session) -> torch.Tensor:
+        return self.loss_fn(self.model, batch, s)
+
+
+def _data_parallel(cfg: TrainConfig, s: Session) -> torch.nn.Module | None:
+    """Under torchrun: the task loss wrapped in DistributedDataParallel; None in one process.
+
+    Rank r takes the r-th of ``world`` equal slices of each batch (:func:`_loader`), so the
+    batch must split evenly. On CUDA, BatchNorm becomes SyncBatchNorm (statistics over the
+    global batch, as in one process); PyTorch has no SyncBatchNorm on CPU, so with gloo each
+    rank normalises over its own items. ``find_unused_parameters``: each task leaves some heads unused. The
+    gradients are averaged at every backward, also between the batches of a ``grad_accum``
+    step (``no_sync`` would save that traffic but break on a step whose last batch is skipped).
+    """
+    n = world()
+    if n == 1:
+        return None
+    size = min(cfg.batch_size, len(s.train_set))
+    if size % n:
+        raise UserError(f"batch size {size} does not split evenly over {n} processes: under torchrun "
+                        f"--batch-size is the global batch; use a multiple of {n}")
+    if s.device.type == "cuda":
+        from .model.vision import sync_batchnorm
+
+        sync_batchnorm(s.model)
+    return torch.nn.parallel.DistributedDataParallel(_LossModule(s.model, s.loss_fn), find_unused_parameters=True)
 
 
 def _splits(cfg: TrainConfig):
@@ -372,7 +539,7 @@ def _final_test(cfg: TrainConfig, s: Session, run_dir: Path, result: "FitResult"
     scores = validate(cfg, replace(s, val=s.test))
     result.test, result.test_seconds = scores, time.perf_counter() - t0
     s.log.write({"split": "test", "step": result.best_step, "test": scores})
-    name = TASK_METRIC[cfg.task]
+    name = selection_metric(cfg)
     print(f"mmcli: test of best/ (step {result.best_step}): {name} {scores[name]:.4f}", flush=True)
     summary = {"task": cfg.task, "data": cfg.data, "metric": name, "best_val": result.best,
                "best_step": result.best_step, "steps": result.steps, "train_seconds": result.seconds,
@@ -392,8 +559,9 @@ def carve_val(train, seed: int, fraction: float = 0.1):
             Split(pick(train.captions, False), pick(train.questions, False)))
 
 
-def _text_vocab(cfg: TrainConfig, train, checkpoint):
-    """The tokenizer (trained on the train captions or questions) and, for VQA, the answers."""
+def _text_vocab(cfg: TrainConfig, train, checkpoint, init=None):
+    """The tokenizer (trained on the train captions or questions, or the ``--init`` run's, whose
+    token embeddings it keeps meaningful) and, for VQA, the answers (always this data's)."""
     from .tokenizer import AnswerVocab, Tokenizer
 
     if checkpoint is not None:  # resuming: exactly the vocabularies the run started with
@@ -407,7 +575,27 @@ def _text_vocab(cfg: TrainConfig, train, checkpoint):
         if not train.captions:
             raise UserError(f"{cfg.data}: the train split has no captions; --task {cfg.task} needs captions")
         texts, answers = [c for r in train.captions for c in r.captions], None
+    if init is not None:
+        if init.tokenizer is None:
+            raise UserError(f"{init.path}: has no tokenizer.model; cannot --init from it")
+        return init.tokenizer, answers
     return Tokenizer.train(texts, vocab_size=cfg.vocab_size), answers
+
+
+def _load_init(model: torch.nn.Module, ckpt) -> None:
+    """``--init``: every weight of the init checkpoint but its VQA head (whose answers were another
+    run's: this run's head starts fresh); anything else missing or extra is an error."""
+    keep = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("vqa_head.")}
+    missing, unexpected = replace(ckpt, state_dict=keep).load_into(model, strict=False)
+    missing = [k for k in missing if not k.startswith("vqa_head.")]
+    if missing or unexpected:
+        from .errors import examples
+
+        parts = [f"{len(lst)} {what} ({examples(lst)})"
+                 for lst, what in ((missing, "missing"), (unexpected, "unexpected")) if lst]
+        raise UserError(f"--init {ckpt.path}: does not match the model: {'; '.join(parts)}")
+    new = " (a new VQA head)" if model.vqa_head is not None else ""
+    print(f"mmcli: initialised from {ckpt.path}{new}", file=sys.stderr)
 
 
 def _train_dataset(cfg: TrainConfig, train, source, tokenizer, answers):
@@ -470,7 +658,10 @@ def _loader(s: Session, batches: list[list[int]], cfg: TrainConfig, epoch: int):
 
     from .data.loaders import _Collate
 
-    # TODO(ddp): give each rank batches[rank::world] here
+    # under torchrun rank r loads the r-th of `world` equal slices of each batch: the ranks' rows,
+    # gathered in rank order (gather), are one process's batch in its order
+    r, n = rank(), world()
+    batches = [b[r * len(b) // n : (r + 1) * len(b) // n] for b in batches] if n > 1 else batches
     workers = 0 if cfg.deterministic else cfg.workers
     # an own generator: without one, creating the iterator draws its worker base seed from the
     # global torch RNG, and a resumed run (which creates one more iterator) would drift from it
@@ -484,11 +675,19 @@ def _loader(s: Session, batches: list[list[int]], cfg: TrainConfig, epoch: int):
 
 def caption_loss(model, batch, s: Session) -> torch.Tensor:
     """Next-token cross-entropy of the caption given the image."""
+    with s.autocast():
+        img = model.encode_image(batch.images)  # (B, N, D)
+    return _lm_part(model, img, batch, s)
+
+
+def _lm_part(model, img: torch.Tensor, batch, s: Session) -> torch.Tensor:
+    """The LM loss of the batch's captions given image tokens (B, N, D) already encoded."""
     from .losses import lm_loss
 
     with s.autocast():
-        logits = model.lm_logits(batch.images, batch.text)
-    return lm_loss(logits.float(), batch.text, batch.text_len)
+        logits = model.lm_logits(None, batch.text, img=img)
+    # a mean over this rank's predicted tokens; under torchrun, times its share of the global batch's
+    return lm_loss(logits.float(), batch.text, batch.text_len) * share((batch.text_len - 1).clamp(min=0).sum())
 
 
 def vqa_train_loss(model, batch, s: Session) -> torch.Tensor:
@@ -497,7 +696,8 @@ def vqa_train_loss(model, batch, s: Session) -> torch.Tensor:
 
     with s.autocast():
         logits = vqa_batch_logits(model, batch)
-    return vqa_loss(logits.float(), batch.targets)
+    # a mean over this rank's questions; under torchrun, times its share of the global batch's
+    return vqa_loss(logits.float(), batch.targets) * share(batch.targets.shape[0])
 
 
 def vqa_batch_logits(model, batch) -> torch.Tensor:
@@ -512,29 +712,62 @@ def vqa_batch_logits(model, batch) -> torch.Tensor:
 
 
 def retrieval_loss(model, batch, s: Session) -> torch.Tensor:
-    """ITC (in-batch contrastive) + ITM on hard negatives drawn from the ITC similarities.
+    """ITC (in-batch contrastive) + ITM on hard negatives drawn from the ITC similarities."""
+    with s.autocast():
+        img = model.encode_image(batch.images)  # (B, N, D)
+    return sum(_contrastive_parts(model, img, batch, s, ("itc", "itm")).values())
 
-    As ALBEF: each image gets one negative caption and each caption one negative
-    image, sampled with probability softmax(similarity) among the batch items of
-    other images (captions of the same image are never negatives).
+
+def pretrain_loss(model, batch, s: Session, weights: dict[str, float] | None = None) -> torch.Tensor:
+    """The weighted sum of the chosen objectives (``weights``: objective -> weight, see
+    :data:`OBJECTIVES`) on a batch of image-caption pairs; the image is encoded once for all."""
+    weights = weights or parse_objectives(DEFAULT_OBJECTIVES)
+    with s.autocast():
+        img = model.encode_image(batch.images)  # (B, N, D)
+    parts = _contrastive_parts(model, img, batch, s, tuple(k for k in ("itc", "itm") if k in weights))
+    if "lm" in weights:
+        parts["lm"] = _lm_part(model, img, batch, s)
+    if not parts:  # itm alone on a batch of one image: no negative, nothing to learn from it
+        return img.sum() * 0.0
+    return sum(weights[k] * loss for k, loss in parts.items())
+
+
+def _contrastive_parts(model, img: torch.Tensor, batch, s: Session, which: tuple[str, ...]) -> dict:
+    """The ``which`` of {"itc": loss, "itm": loss} from image tokens (B, N, D) and the batch's texts.
+
+    As ALBEF: for ITM each image gets one negative caption and each caption one
+    negative image, sampled with probability softmax(ITC similarity) among the
+    batch items of other images (captions of the same image are never
+    negatives). No ITM loss when every item shows the same image.
     """
     from .losses import itc_loss, itm_loss
 
+    if not which:
+        return {}
+    # (itm alone: the similarities only pick the negatives, so no graph is kept for them)
+    with s.autocast(), torch.set_grad_enabled(torch.is_grad_enabled() and "itc" in which):
+        ie, te = model.embed(img, batch.text, batch.text_len)  # (B, E) each, normalised
+    # under torchrun the global batch (every rank's pairs are negatives), gradients flowing back to
+    # each rank's own rows; every rank computes the same ITC loss and the same negatives
+    ie, rows = gather(ie.float())  # (B_all, E); this rank's pairs are ie[rows]
+    te, _ = gather(te.float())
+    parts = {"itc": itc_loss(ie, te, model.logit_scale)} if "itc" in which else {}
+    neg = _hard_negatives(ie.detach() @ te.detach().t(), gather_objects(batch.image_ids)) if "itm" in which else None
+    if neg is None:  # not asked for, or every item shows the same image: no negative exists
+        return parts
+    neg_text, neg_image = neg[0][rows], neg[1][rows]  # for this rank's pairs; indices into the global batch
+    text, _ = gather(batch.text, pad_value=s.tokenizer.pad_id)  # (B_all, T_all)
+    text_len, _ = gather(batch.text_len)
+    img_all, _ = gather(img)  # (B_all, N, D)
+    B = len(batch)
     with s.autocast():
-        img = model.encode_image(batch.images)  # (B, N, D)
-        ie, te = model.embed(img, batch.text, batch.text_len)
-        loss = itc_loss(ie.float(), te.float(), model.logit_scale)
-        neg = _hard_negatives(ie.detach().float() @ te.detach().float().t(), batch.image_ids)
-        if neg is None:  # every item shows the same image: no negative exists
-            return loss
-        neg_text, neg_image = neg
-        B = len(batch)
-        imgs = torch.cat([img, img, img[neg_image]])  # (3B, N, D): pos, image + wrong text, wrong image + text
-        ids = torch.cat([batch.text, batch.text[neg_text], batch.text])
-        lens = torch.cat([batch.text_len, batch.text_len[neg_text], batch.text_len])
+        imgs = torch.cat([img, img, img_all[neg_image]])  # (3B, N, D): pos, image + wrong text, wrong image + text
+        ids = torch.cat([text[rows], text[neg_text], text[rows]])
+        lens = torch.cat([text_len[rows], text_len[neg_text], text_len[rows]])
         logits = model.itm_logits(imgs, ids, lens)
     labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)
-    return loss + itm_loss(logits.float(), labels)
+    parts["itm"] = itm_loss(logits.float(), labels) * share(B)  # (torchrun: this rank's share of the pairs)
+    return parts
 
 
 def _hard_negatives(sim: torch.Tensor, image_ids: list[str]):
@@ -551,7 +784,13 @@ def _hard_negatives(sim: torch.Tensor, image_ids: list[str]):
     return neg_text, neg_image
 
 
-LOSSES = {"caption": caption_loss, "vqa": vqa_train_loss, "retrieval": retrieval_loss}
+LOSSES = {"caption": caption_loss, "vqa": vqa_train_loss, "retrieval": retrieval_loss, "pretrain": pretrain_loss}
+
+
+def _loss_fn(cfg: TrainConfig) -> Callable:
+    """The training loss of ``cfg.task``: ``fn(model, batch, session)``; pretrain's with its weights."""
+    fn = LOSSES[cfg.task]
+    return partial(fn, weights=cfg.objective_weights()) if cfg.task == "pretrain" else fn
 
 
 # ============================================================================ validation
@@ -563,17 +802,63 @@ def validate(cfg: TrainConfig, s: Session) -> dict[str, float]:
     s.model.eval()
     try:
         with s.autocast():
-            return {"caption": _val_caption, "vqa": _val_vqa, "retrieval": _val_retrieval}[cfg.task](cfg, s)
+            return {"caption": _val_caption, "vqa": _val_vqa, "retrieval": _val_retrieval,
+                    "pretrain": _val_pretrain}[cfg.task](cfg, s)
     finally:
         s.model.train()
+
+
+def selection_metric(cfg: TrainConfig) -> str:
+    """The validation metric that selects ``best/``: the task's (:data:`TASK_METRIC`). Pretraining
+    selects on its first objective in the order itc, lm, itm: mean_recall (text-image retrieval
+    by the ITC embeddings), else cider_d (greedy captions), else itm_accuracy."""
+    if cfg.task != "pretrain":
+        return TASK_METRIC[cfg.task]
+    weights = cfg.objective_weights()
+    return "mean_recall" if "itc" in weights else "cider_d" if "lm" in weights else "itm_accuracy"
+
+
+def _val_pretrain(cfg: TrainConfig, s: Session) -> dict[str, float]:
+    """Each chosen objective's own check on the val split: retrieval recall (itc), ITM accuracy
+    (itm), caption BLEU and CIDEr-D (lm); :func:`selection_metric` picks one of them."""
+    weights, scores = cfg.objective_weights(), {}
+    if "itc" in weights:
+        scores.update(_val_retrieval(cfg, s))
+    if "itm" in weights:
+        scores.update(_val_itm(cfg, s))
+    if "lm" in weights:
+        scores.update(_val_caption(cfg, s))
+    return scores
+
+
+def _val_itm(cfg: TrainConfig, s: Session) -> dict[str, float]:
+    """ITM accuracy (0-100) over the val pairs: each caption with its own image (a match) and with
+    the next image of the batch that is another one (no match), when the batch has one."""
+    from .data.loaders import PairDataset
+
+    ds = PairDataset(s.val.pairs(), s.image_source, s.tokenizer, max_len=cfg.max_text_len)
+    right = total = 0
+    for b in _eval_batches(cfg, s, ds):
+        img = s.model.encode_image(b.images)  # (B, N, D)
+        B = len(b)
+        # for row i the first row after it (cyclically) showing another image, or i itself if none
+        other = [next((j % B for j in range(i + 1, i + B) if b.image_ids[j % B] != b.image_ids[i]), i)
+                 for i in range(B)]
+        has = torch.tensor([o != i for i, o in enumerate(other)], device=img.device)
+        pos = s.model.itm_logits(img, b.text, b.text_len).argmax(-1) == 1
+        neg = s.model.itm_logits(img[torch.tensor(other, device=img.device)], b.text, b.text_len).argmax(-1) == 0
+        right += int(pos.sum()) + int((neg & has).sum())
+        total += B + int(has.sum())
+    return {"itm_accuracy": 100 * right / max(total, 1), "n_pairs": len(ds)}
 
 
 def _eval_batches(cfg: TrainConfig, s: Session, dataset):
     """Batches of an evaluation dataset in order; unreadable images are left out."""
     from .data.loaders import LoaderConfig, make_loader
 
-    loader = make_loader(dataset, LoaderConfig(batch_size=cfg.batch_size, workers=0), pad_id=s.tokenizer.pad_id)
-    for batch in loader:
+    # shard=False: under torchrun rank 0 validates on the whole split alone
+    config = LoaderConfig(batch_size=cfg.batch_size, workers=0, shard=False)
+    for batch in make_loader(dataset, config, pad_id=s.tokenizer.pad_id):
         if len(batch):
             yield batch.to(s.device)
 
@@ -659,7 +944,7 @@ def recall_at_k(sim: torch.Tensor, owner: torch.Tensor, ks=(1, 5, 10)) -> dict[s
 
 def _validate_and_save(cfg: TrainConfig, s: Session, run_dir: Path) -> dict:
     """Validate; save ``best/`` on improvement and ``last/`` always; track patience."""
-    st, name = s.state, TASK_METRIC[cfg.task]
+    st, name = s.state, selection_metric(cfg)
     scores = validate(cfg, s)
     value = scores[name]
     improved = st.best is None or value > st.best
@@ -677,6 +962,16 @@ def _validate_and_save(cfg: TrainConfig, s: Session, run_dir: Path) -> dict:
     return row
 
 
+def _validate_on_rank0(cfg: TrainConfig, s: Session, run_dir: Path) -> dict:
+    """:func:`_validate_and_save`; under torchrun rank 0 does it on the whole val split while the
+    others wait, then every rank takes its result and selection state (best, patience, early stop)."""
+    row = _validate_and_save(cfg, s, run_dir) if is_main() else None
+    row, state = broadcast_object((row, asdict(s.state)))
+    for k, v in state.items():  # (in place: the loop holds s.state)
+        setattr(s.state, k, v)
+    return row
+
+
 # ============================================================================ checkpoints and the run directory
 
 
@@ -687,15 +982,18 @@ def _checkpoint_config(cfg: TrainConfig, s: Session) -> dict:
 def _save(s: Session, where: Path, cfg: TrainConfig, train_state: dict | None) -> None:
     from .checkpoint import save_checkpoint
 
-    # TODO(ddp): rank 0 only, the model unwrapped (save_checkpoint unwraps DDP)
+    if not is_main():  # under torchrun rank 0 alone writes (s.model is never the DDP wrapper)
+        return
     save_checkpoint(where, config=_checkpoint_config(cfg, s), model=s.model, tokenizer=s.tokenizer,
                     answer_vocab=s.answers, train_state=train_state)
 
 
 def save_last(s: Session, run_dir: Path, cfg: TrainConfig) -> None:
-    """``last/`` with everything a resume needs."""
+    """``last/`` with everything a resume needs (rank 0's: the ranks' states are the same)."""
     from .checkpoint import rng_state
 
+    if not is_main():
+        return
     state = {"optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
              "scaler": s.scaler.state_dict(), "rng": rng_state(), "loop": asdict(s.state)}
     _save(s, run_dir / "last", cfg, train_state=state)
@@ -725,6 +1023,8 @@ def _restore(s: Session, ckpt) -> None:
 
 def _open_run(cfg: TrainConfig, run_dir: Path) -> _Opened:
     """Check the run directory: a new run needs a fresh one, a resume a matching one."""
+    from .checkpoint import load_checkpoint
+
     top = run_dir / "config.json"
     saved = _read_json(top) if top.is_file() else None
     if cfg.resume is None:
@@ -732,9 +1032,7 @@ def _open_run(cfg: TrainConfig, run_dir: Path) -> _Opened:
             what = f"a {saved.get('status', 'earlier')} run" if saved else "a run"
             raise UserError(f"{run_dir} already holds {what}; continue it with --resume {run_dir} "
                             f"or choose another --out")
-        return _Opened()
-    from .checkpoint import load_checkpoint
-
+        return _Opened(init=load_checkpoint(init_checkpoint(cfg.init)) if cfg.init else None)
     if saved is None:
         raise UserError(f"{run_dir}: not a training run directory (no config.json); nothing to resume")
     old = saved.get("train", {})
@@ -771,6 +1069,8 @@ def _read_json(path: Path) -> dict:
 def _write_status(run_dir: Path, cfg: TrainConfig, model_cfg, status: str, steps: int | None = None) -> None:
     from .fileio import atomic_write_text
 
+    if not is_main():  # (torchrun: rank 0 alone writes the run directory)
+        return
     data = {"status": status, "task": cfg.task, "train": cfg.to_dict(), "model": model_cfg.to_dict()}
     if steps is not None:
         data["steps"] = steps
@@ -831,7 +1131,8 @@ class MetricsLog:
         self.path = path
 
     def write(self, row: dict) -> None:
-        # TODO(ddp): rank 0 only
+        if not is_main():  # (torchrun: rank 0 alone writes)
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -851,8 +1152,9 @@ class _Window:
 
     def flush(self, step: int, lr: float) -> dict:
         now = time.perf_counter()
-        row = {"step": step, "loss": self.loss / max(1, self.micro), "lr": lr,
-               "samples_per_s": self.samples / max(now - self.t0, 1e-9)}
+        loss, micro, samples = sum_over_ranks([self.loss, self.micro, self.samples])  # (torchrun: every rank's)
+        row = {"step": step, "loss": loss / max(1, micro), "lr": lr,
+               "samples_per_s": samples / max(now - self.t0, 1e-9)}
         self.loss, self.micro, self.samples, self.t0 = 0.0, 0, 0, now
         return row
 
@@ -888,15 +1190,16 @@ def _result(cfg: TrainConfig, s: Session, run_dir: Path, history: list, code: in
     st = s.state
     return FitResult(run_dir=run_dir, metric=TASK_METRIC[cfg.task], best=st.best, best_step=st.best_step,
                      steps=st.step, epochs=st.step / s.steps_per_epoch, seconds=seconds,
-                     samples_per_s=seen / max(seconds, 1e-9), skipped_images=s.skipper.count,
+                     samples_per_s=seen / max(seconds, 1e-9),
+                     skipped_images=len(set(gather_objects([p for p, _ in s.skipper.skipped]))),  # every rank's
                      stopped_early=st.early_stopped, exit_code=code, history=history)
 
 
-def summary_table(result: FitResult):
-    """The closing rich table of a run."""
+def summary_table(result: FitResult, command: str = "finetune"):
+    """The closing rich table of a run (``command``: the one that ran it, for the title)."""
     from rich.table import Table
 
-    table = Table(title=f"mmcli finetune: {result.run_dir}")
+    table = Table(title=f"mmcli {command}: {result.run_dir}")
     table.add_column("")
     table.add_column("value", justify="right")
     best = "-" if result.best is None else f"{result.best:.4f} (step {result.best_step})"
@@ -915,36 +1218,7 @@ def summary_table(result: FitResult):
     return table
 
 
-# ============================================================================ device, precision, signals
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda | cuda:N -> a torch.device that exists."""
-    # TODO: move to mmcli/device.py (DESIGN.md) when another command needs it
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise UserError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: plain fp32). auto: bf16 on a CUDA GPU that supports it, else fp32."""
-    if precision == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if use_bf16 else None
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs a CUDA device (it uses a gradient scaler); use bf16 on CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+# ============================================================================ seeding, determinism, signals
 
 
 def _seed_everything(seed: int) -> None:

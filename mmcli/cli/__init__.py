@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext, redirect_stdout
 from typing import Annotated
 
 import typer
@@ -16,6 +17,7 @@ from .. import __version__
 from ..errors import UserError
 from . import data as _data
 from . import finetune as _finetune
+from . import pretrain as _pretrain
 from . import score as _score
 
 try:  # typer >= 0.20 vendors click
@@ -53,13 +55,20 @@ def _root(
 
 # The table of contents: one line per command.
 app.command("score", help=_score.HELP, epilog=_score.EPILOG, short_help=_score.SHORT)(_score.score)
+app.command("pretrain", help=_pretrain.HELP, epilog=_pretrain.EPILOG, short_help=_pretrain.SHORT)(_pretrain.pretrain)
 app.command("finetune", help=_finetune.HELP, epilog=_finetune.EPILOG, short_help=_finetune.SHORT)(_finetune.finetune)
 app.add_typer(_data.app, name="data", short_help="Look at a dataset (counts, answers, blind baselines) or write the synthetic one.")
 
 
 def _fail(message: str, code: int = 2) -> int:
-    sys.stderr.write(f"mmcli: error: {message}\n")
+    sys.stderr.write(f"mmcli: error{_rank_tag()}: {message}\n")
     return code
+
+
+def _rank_tag() -> str:
+    """Under torchrun, which process failed (each prints its own error): " (rank 1)"; else ""."""
+    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else "0"
+    return "" if rank in ("", "0") else f" (rank {rank})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     debug = os.environ.get("MMCLI_DEBUG", "") not in ("", "0")
     try:
-        rv = app(args=argv, prog_name="mmcli", standalone_mode=False)
+        # under torchrun the ranks other than 0 print nothing on stdout (tables, results): rank 0 speaks
+        with open(os.devnull, "w") if _rank_tag() else nullcontext(sys.stdout) as out, redirect_stdout(out):
+            rv = app(args=argv, prog_name="mmcli", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except UserError as e:
         if debug:

@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from . import options as o
 from .options import Task
 
 SHORT = "Train a model for captioning, VQA or retrieval, keeping the best checkpoint on the val split."
 
 HELP = """Train a vision-language model for one task and select it on the validation split.
 
-[b]Tasks[/b]: caption (LM loss; selected by CIDEr-D of greedy captions), vqa (soft-target
-BCE; selected by VQA accuracy), retrieval (ITC + ITM on hard negatives; selected by the mean
-of R@1/5/10 in both directions). The test split is never used for selection (with --test, the default, best/ is evaluated
-on it once at the end); a dataset
-without a val split validates on a seeded 10% of its train images.
+[b]Tasks[/b]: caption (LM loss; selected by CIDEr-D of greedy captions), vqa (soft-target BCE; selected by VQA accuracy), retrieval (ITC + ITM on hard negatives; selected by the mean of R@1/5/10 in both directions). The test split is never used for selection (with --test, the default, best/ is evaluated on it once at the end); a dataset without a val split validates on a seeded 10% of its train images.
 
-[b]The run directory[/b] (--out) holds config.json, metrics.jsonl (one JSON line per log
-step and validation), last/ (resumable) and best/ (the selected model, for inference).
-Ctrl-C or SIGTERM finishes the current step, saves last/ and exits with 130 / 143;
-continue with --resume RUN_DIR (the run's own settings are reused; --epochs, --max-steps,
---eval-every, --patience, --workers and --device may be changed).
+[b]From a pretrained model[/b]: --init RUN_DIR (a `mmcli pretrain` run, or any run with best/ or last/; best/ is preferred) starts from that run's weights and tokenizer. The model architecture is the init run's: --preset is ignored, and --fusion, if given, must match it. A head the init run lacks starts fresh: for vqa a new answer head over the answers of this data, with the questions read by the init run's tokenizer.
+
+[b]The run directory[/b] (--out) holds config.json, metrics.jsonl (one JSON line per log step and validation), last/ (resumable) and best/ (the selected model, for inference). Ctrl-C or SIGTERM finishes the current step, saves last/ and exits with 130 / 143; continue with --resume RUN_DIR (the run's own settings are reused; --epochs, --max-steps, --eval-every, --patience, --workers and --device may be changed).
 """
 
 EPILOG = """[b]Examples[/b]
@@ -36,28 +30,10 @@ EPILOG = """[b]Examples[/b]
 
   mmcli finetune --task retrieval --data flickr8k:../shared/data/flickr8k --batch-size 64 --precision bf16
 
+  mmcli finetune --task caption --init runs/pt --data shapes:2000 --out runs/cap-pt
+
   mmcli finetune --resume runs/cap --max-steps 5000
 """
-
-
-class Preset(str, Enum):
-    tiny = "tiny"
-    small = "small"
-    base = "base"
-
-
-class Fusion(str, Enum):
-    late = "late"
-    concat = "concat"
-    cross = "cross"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
 
 DEFAULT_DATA = {"vqa": "easyvqa", "caption": "shapes", "retrieval": "shapes"}
 # model overrides for built-in datasets: easy-VQA images are 64x64, so the model sees them at
@@ -70,61 +46,34 @@ def finetune(
     data: Annotated[Optional[str], typer.Option(
         help="Dataset spec (see `mmcli data --help`).  \\[default: easyvqa for vqa, shapes otherwise]",
         show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Run directory.  \\[default: runs/TASK-TIMESTAMP]", show_default=False)] = None,
-    preset: Annotated[Preset, typer.Option(help="Model size.")] = Preset.small,
-    fusion: Annotated[Optional[Fusion], typer.Option(
-        help="late | concat | cross.  \\[default: the preset's, cross]", show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(
-        min=1, help="Passes over the train split.  \\[default: 10]", show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option(
-        min=1, help="Optimizer steps; replaces --epochs.", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Items per batch; for vqa, images per batch, each with all its questions (the image is encoded once).")] = 32,
-    grad_accum: Annotated[int, typer.Option(min=1, help="Batches per optimizer step.")] = 1,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (linear warmup, cosine decay).")] = 3e-4,
-    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warmup steps.")] = 100,
-    precision: Annotated[Precision, typer.Option(
-        help="auto: bf16 on a CUDA GPU that supports it, else fp32; fp16 is CUDA only.")] = Precision.auto,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation and the data order.")] = 0,
-    deterministic: Annotated[bool, typer.Option(
-        help="Deterministic kernels, no worker processes: bit-identical resumes.")] = False,
-    eval_every: Annotated[Optional[int], typer.Option(
-        min=0, help="Validate every N steps; 0 = each epoch.  \\[default: 0]", show_default=False)] = None,
-    patience: Annotated[Optional[int], typer.Option(
-        min=0, help="Stop after N validations without improvement; 0 = never.  \\[default: 0]",
-        show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(
-        min=0, help="DataLoader worker processes.  \\[default: 0]", show_default=False)] = None,
-    device: Annotated[Optional[str], typer.Option(
-        help="auto | cpu | cuda | cuda:N.  \\[default: auto]", show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option(
-        help="Continue the run in this directory from its last/ checkpoint.", show_default=False,
-        file_okay=False)] = None,
-    strict: Annotated[bool, typer.Option(
-        help="Stop at the first unreadable training image instead of skipping it.")] = False,
-    test: Annotated[Optional[bool], typer.Option(
-        "--test/--no-test", help="After training, evaluate best/ once on the test split (when the dataset "
-        "has one): shown in the table, written to metrics.jsonl and RUN/results.json.  \\[default: --test]",
-        show_default=False)] = None,
+    out: o.Out = None,
+    init: o.Init = None,
+    preset: o.PresetOpt = o.Preset.small,
+    fusion: o.FusionOpt = None,
+    epochs: o.Epochs = None,
+    max_steps: o.MaxSteps = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per batch; for vqa, images per batch, each with "
+                                            "all its questions (the image is encoded once).")] = 32,
+    grad_accum: o.GradAccum = 1,
+    lr: o.Lr = 3e-4,
+    warmup_steps: o.WarmupSteps = 100,
+    precision: o.PrecisionOpt = o.Precision.auto,
+    seed: o.Seed = 0,
+    deterministic: o.Deterministic = False,
+    eval_every: o.EvalEvery = None,
+    patience: o.Patience = None,
+    workers: o.Workers = None,
+    device: o.Device = None,
+    resume: o.Resume = None,
+    strict: o.Strict = False,
+    test: o.Test = None,
 ) -> None:
-    from rich.console import Console
-
-    from ..train import TrainConfig, fit, resume_config, summary_table
-
-    changes = {k: v for k, v in dict(epochs=epochs, max_steps=max_steps, eval_every=eval_every,
-                                     patience=patience, workers=workers, device=device, test=test).items() if v is not None}
-    if resume is not None:
-        cfg = resume_config(resume, **changes)
-    else:
-        cfg = TrainConfig(
-            task=task.value, data=data or DEFAULT_DATA[task.value],
-            model=dict(DATA_MODEL.get(data or DEFAULT_DATA[task.value], {})),
-            out=str(out or Path("runs") / f"{task.value}-{datetime.now():%Y%m%d-%H%M%S}"),
-            preset=preset.value, fusion=fusion.value if fusion else None, batch_size=batch_size,
-            grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, precision=precision.value, seed=seed,
-            deterministic=deterministic, strict=strict, **changes,
-        )
-    result = fit(cfg)
-    Console().print(summary_table(result))
-    if result.exit_code:
-        raise typer.Exit(result.exit_code)
+    data = data or DEFAULT_DATA[task.value]
+    cfg = o.train_config(
+        resume, task=task, data=data, model=dict(DATA_MODEL.get(data, {})), init=init,
+        out=out or Path("runs") / f"{task.value}-{datetime.now():%Y%m%d-%H%M%S}", preset=preset, fusion=fusion,
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        warmup_steps=warmup_steps, precision=precision, seed=seed, deterministic=deterministic,
+        eval_every=eval_every, patience=patience, workers=workers, device=device, strict=strict, test=test,
+    )
+    o.run_training(cfg, "finetune")

@@ -1,11 +1,108 @@
-"""Choices shared by several commands (plain Enums, so `--help` lists them)."""
+"""Choices and options shared by several commands (plain Enums, so `--help` lists them).
+
+The training commands (``finetune``, ``pretrain``) declare the same options with
+the ``Annotated`` types below, build their config with :func:`train_config` and
+run it with :func:`run_training`.
+"""
 
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 
 class Task(str, Enum):
     caption = "caption"
     vqa = "vqa"
     retrieval = "retrieval"
+
+
+class Preset(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    base = "base"
+
+
+class Fusion(str, Enum):
+    late = "late"
+    concat = "concat"
+    cross = "cross"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+# ---------------------------------------------------------------- the training commands' options
+Out = Annotated[Optional[Path], typer.Option(
+    help="Run directory.  \\[default: runs/TASK-TIMESTAMP]", show_default=False)]
+PresetOpt = Annotated[Preset, typer.Option(
+    "--preset", help="Model size; ignored with --init (the init run's model is used).")]
+FusionOpt = Annotated[Optional[Fusion], typer.Option(
+    "--fusion", help="late | concat | cross; with --init it must be the init run's.  \\[default: the preset's, cross]",
+    show_default=False)]
+Init = Annotated[Optional[Path], typer.Option(
+    help="Start from this run's weights and tokenizer (RUN/best, else RUN/last, or a checkpoint directory); "
+    "the model architecture is the init run's.", show_default=False, file_okay=False)]
+Epochs = Annotated[Optional[int], typer.Option(
+    min=1, help="Passes over the train split.  \\[default: 10]", show_default=False)]
+MaxSteps = Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps; replaces --epochs.", show_default=False)]
+GradAccum = Annotated[int, typer.Option(min=1, help="Batches per optimizer step.")]
+Lr = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (linear warmup, cosine decay).")]
+WarmupSteps = Annotated[int, typer.Option(min=0, help="Linear warmup steps.")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    "--precision", help="auto: bf16 on a CUDA GPU that supports it, else fp32; fp16 is CUDA only.")]
+Seed = Annotated[int, typer.Option(help="Seed of the initialisation and the data order.")]
+Deterministic = Annotated[bool, typer.Option(
+    help="Deterministic kernels, no worker processes: bit-identical resumes.")]
+EvalEvery = Annotated[Optional[int], typer.Option(
+    min=0, help="Validate every N steps; 0 = each epoch.  \\[default: 0]", show_default=False)]
+Patience = Annotated[Optional[int], typer.Option(
+    min=0, help="Stop after N validations without improvement; 0 = never.  \\[default: 0]", show_default=False)]
+Workers = Annotated[Optional[int], typer.Option(
+    min=0, help="DataLoader worker processes.  \\[default: 0]", show_default=False)]
+Device = Annotated[Optional[str], typer.Option(
+    help="auto | cpu | cuda | cuda:N.  \\[default: auto]", show_default=False)]
+Resume = Annotated[Optional[Path], typer.Option(
+    help="Continue the run in this directory from its last/ checkpoint (with its own settings).",
+    show_default=False, file_okay=False)]
+Strict = Annotated[bool, typer.Option(help="Stop at the first unreadable training image instead of skipping it.")]
+Test = Annotated[Optional[bool], typer.Option(
+    "--test/--no-test", help="After training, evaluate best/ once on the test split (when the dataset has one): "
+    "shown in the table, written to metrics.jsonl and RUN/results.json.  \\[default: --test]", show_default=False)]
+
+# the options a resumed run may change; every other one is the run's own
+RESUMABLE = ("epochs", "max_steps", "eval_every", "patience", "workers", "device", "test")
+
+
+def train_config(resume: Path | None, **options):
+    """The TrainConfig of a training command: with ``resume`` the run's own, changed by the
+    RESUMABLE options given; else a new one. An option left out (None) keeps its default."""
+    from ..errors import UserError
+    from ..train import TrainConfig, resume_config
+
+    given = {k: v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v
+             for k, v in options.items() if v is not None}
+    if resume is None:
+        return TrainConfig(**given)
+    if "init" in given:
+        raise UserError("--init starts a new run and --resume continues one; give only one of them")
+    return resume_config(resume, **{k: v for k, v in given.items() if k in RESUMABLE})
+
+
+def run_training(cfg, command: str) -> None:
+    """``fit(cfg)``, then the closing table; an interrupted run exits with 130 / 143."""
+    from rich.console import Console
+
+    from ..train import fit, summary_table
+
+    result = fit(cfg)
+    Console().print(summary_table(result, command))
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)

@@ -226,6 +226,7 @@ class LoaderConfig:
     seed: int = 0
     drop_last: bool = False
     pin_memory: bool | None = None  # None: when CUDA is available
+    shard: bool = True  # under torchrun each rank loads its own share (False: every rank loads all)
 
 
 def default_workers() -> int:
@@ -239,7 +240,7 @@ def make_loader(dataset: torch.utils.data.Dataset, cfg: LoaderConfig, pad_id: in
     pin = torch.cuda.is_available() if cfg.pin_memory is None else cfg.pin_memory
     sampler = None
     shuffle = cfg.shuffle
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if cfg.shard and torch.distributed.is_available() and torch.distributed.is_initialized():
         # each rank sees its own shard; set_epoch() on the sampler reshuffles per epoch
         sampler = DistributedSampler(dataset, shuffle=cfg.shuffle, seed=cfg.seed, drop_last=cfg.drop_last)
         shuffle = False

@@ -161,6 +161,15 @@ class VisionTower(nn.Module):
         return int(tokens.shape[1])
 
 
+def sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm layer of ``module`` (timm's BatchNormAct too) made a SyncBatchNorm, in
+    place, keeping its parameters and statistics: under torchrun on GPUs, batch statistics
+    then come from the global batch, as in one process. (PyTorch's SyncBatchNorm is CUDA only.)"""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(module)
+
+
 def _drop_stages(backbone: nn.Module, name: str, k: int) -> None:
     """Remove the last ``k`` feature stages of a timm backbone in place."""
     n = len(getattr(backbone, "feature_info", None) or ())

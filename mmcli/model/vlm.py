@@ -160,9 +160,12 @@ class VLM(nn.Module):
         return self.fusion_norm(x[:, N:])  # the text positions
 
     # ------------------------------------------------------------------ tasks
-    def lm_logits(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Captioning: (B, T) ids -> next-token logits (B, T, V), causal."""
-        h = self.fuse(self.encode_text(ids, None, causal=True), self.encode_image(images), None, causal=True)
+    def lm_logits(self, images: torch.Tensor | None, ids: torch.Tensor,
+                  img: torch.Tensor | None = None) -> torch.Tensor:
+        """Captioning: (B, T) ids -> next-token logits (B, T, V), causal. ``img``: the image tokens
+        (B, N, D) when already encoded (pretraining shares them between objectives); then ``images`` is unused."""
+        img = self.encode_image(images) if img is None else img
+        h = self.fuse(self.encode_text(ids, None, causal=True), img, None, causal=True)
         return self.lm_head(h)
 
     def understand(self, img: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
