@@ -66,3 +66,15 @@ def write_curves(run_dir: str | os.PathLike, metric: str, out: str | os.PathLike
     target = Path(out) if out is not None else run_dir / "curves.png"
     atomic_write_bytes(target, buf.getvalue())
     return target
+
+
+if __name__ == "__main__":  # python -m mmcli.plots RUN_DIR [METRIC]: (re)draw a run's curves.png
+    import sys
+
+    run = Path(sys.argv[1])
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8")).get("train", {})
+    from .train import TrainConfig, selection_metric
+
+    name = sys.argv[2] if len(sys.argv) > 2 else selection_metric(TrainConfig.from_dict(saved))
+    out = write_curves(run, name)
+    print(out if out else "matplotlib is not installed: pip install 'mmcli[plot]'")

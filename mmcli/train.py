@@ -276,6 +276,8 @@ def fit(cfg: TrainConfig, on_step: Callable[[int, float], None] | None = None) -
             _final_test(cfg, s, run_dir, result)
         status = "interrupted" if result.exit_code else "finished"
         _write_status(run_dir, cfg, s.model.cfg, status, result.steps)
+        if is_main():
+            _plot(run_dir, result.metric)
         return result
 
 
@@ -289,9 +291,7 @@ def _train(cfg: TrainConfig, s: "Session", run_dir: Path, on_step) -> FitResult:
     finally:
         progress.close()
     seen = sum_over_ranks([window.seen])[0]  # samples of every rank
-    result = _result(cfg, s, run_dir, history, exit_code, (time.perf_counter() - start, seen))
-    result.metric = selection_metric(cfg)  # pretrain's depends on the objectives
-    return result
+    return _result(cfg, s, run_dir, history, exit_code, (time.perf_counter() - start, seen))
 
 
 def _epochs(cfg: TrainConfig, s: "Session", run_dir: Path, on_step, show) -> tuple[list, int]:
@@ -369,6 +369,15 @@ def _stop(cfg: TrainConfig, s: "Session", run_dir: Path) -> int:
           f"continue with: mmcli {'pretrain' if cfg.task == 'pretrain' else 'finetune'} --resume {run_dir}",
           file=sys.stderr, flush=True)
     return code
+
+
+def _plot(run_dir: Path, metric: str) -> None:
+    """``curves.png`` of the loss and the validation metric, or a note on how to get it."""
+    from .plots import write_curves
+
+    if write_curves(run_dir, metric) is None:
+        print(f"mmcli: no curves.png (matplotlib is not installed: pip install 'mmcli[plot]'; then "
+              f"python -m mmcli.plots {run_dir})", file=sys.stderr)
 
 
 def _stop_agreed() -> bool:
@@ -1188,7 +1197,7 @@ class _Progress:
 def _result(cfg: TrainConfig, s: Session, run_dir: Path, history: list, code: int, work) -> FitResult:
     seconds, seen = work
     st = s.state
-    return FitResult(run_dir=run_dir, metric=TASK_METRIC[cfg.task], best=st.best, best_step=st.best_step,
+    return FitResult(run_dir=run_dir, metric=selection_metric(cfg), best=st.best, best_step=st.best_step,
                      steps=st.step, epochs=st.step / s.steps_per_epoch, seconds=seconds,
                      samples_per_s=seen / max(seconds, 1e-9),
                      skipped_images=len(set(gather_objects([p for p, _ in s.skipper.skipped]))),  # every rank's

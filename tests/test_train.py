@@ -211,6 +211,9 @@ def test_cli_finetune():
     res = CliRunner().invoke(app, ["--resume", "cli-run", "--max-steps", "3"])
     assert res.exit_code == 0, res.output
     assert json.loads(Path("cli-run/config.json").read_text())["steps"] == 3
+    # the run ends with its curves (matplotlib is in the test extra)
+    pytest.importorskip("matplotlib")
+    assert Path("cli-run/curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bad_training_image_is_skipped_once_or_fatal_with_strict(capsys):
