@@ -96,6 +96,76 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# ModelConfig fields a run sets from elsewhere: `--model` refuses them and says where they come from
+SET_ELSEWHERE = {
+    "vocab_size": "the tokenizer's size (TrainConfig.vocab_size is its upper bound)",
+    "n_answers": "the answers of the VQA data",
+    "max_text_len": "TrainConfig.max_text_len",
+    "fusion": "--fusion",
+}
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_model_overrides(spec: str) -> dict:
+    """``"drop_stages=1,dropout=0.2"`` -> ``{"drop_stages": 1, "dropout": 0.2}`` (``--model``).
+
+    Keys are ModelConfig fields; each value is converted to its field's type: int, float,
+    bool (true/false, 1/0, yes/no, on/off) or str, and ``none`` for an optional one. An
+    unknown key, a field set elsewhere (:data:`SET_ELSEWHERE`), a repeated key or a value
+    of the wrong type is one UserError line. Whether the values make a model (e.g. ``dim``
+    divisible by ``heads``) is checked when the ModelConfig is built.
+    """
+    import typing
+
+    hints = typing.get_type_hints(ModelConfig)
+    known = [f.name for f in fields(ModelConfig) if f.name not in SET_ELSEWHERE]
+    out: dict = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue  # (a trailing comma)
+        key, eq, text = (x.strip() for x in part.partition("="))
+        if key in SET_ELSEWHERE:
+            raise UserError(f"--model {key}: not a --model setting; it comes from {SET_ELSEWHERE[key]}")
+        if key not in hints:
+            raise UserError(f"--model: unknown model field {key!r}; choose from {', '.join(known)}")
+        if not eq:
+            raise UserError(f"--model {key}: no value; write KEY=VALUE, e.g. {key}={getattr(ModelConfig(), key)}")
+        if key in out:
+            raise UserError(f"--model: {key} is given twice")
+        out[key] = _field_value(key, text, hints[key])
+    return out
+
+
+def _field_value(key: str, text: str, hint):
+    """``text`` as a value of the field's type ``hint`` (int, float, bool, str, optionally None)."""
+    import math
+    import typing
+
+    args = typing.get_args(hint)  # (str, NoneType) for `str | None`
+    base = next((a for a in args if a is not type(None)), hint)
+    if type(None) in args and text.lower() in ("none", "null"):
+        return None
+    try:
+        if base is bool:
+            if text.lower() not in _TRUE + _FALSE:
+                raise ValueError
+            return text.lower() in _TRUE
+        if base is int:
+            return int(text)
+        if base is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+        if not text:
+            raise ValueError
+        return text
+    except ValueError:
+        what = {bool: "true or false", int: "an integer", float: "a number"}.get(base, "a non-empty string")
+        raise UserError(f"--model {key}={text}: expected {what}"
+                        f"{' or none' if type(None) in args else ''}") from None
+
+
 def preset(name: str, **changes) -> ModelConfig:
     """A preset with some fields changed: ``preset("small", fusion="concat")``."""
     if name not in PRESETS:

@@ -6,16 +6,19 @@ import torch
 import torch.nn.functional as F
 
 
-def lm_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def lm_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+            label_smoothing: float = 0.0) -> torch.Tensor:
     """Next-token cross-entropy over real tokens: position t predicts token t+1.
 
     logits (B, T, V) from ids (B, T) = bos w1 .. wn eos pad..; padding is ignored.
+    ``label_smoothing`` eps: the target is 1 - eps on the true token plus eps spread evenly
+    over the whole vocabulary (``F.cross_entropy``'s); 0 is the plain cross-entropy.
     """
     T = ids.shape[1]
     targets = ids[:, 1:]  # (B, T-1)
     # a prediction counts while its target is a real token (index < length)
     real = torch.arange(1, T, device=ids.device)[None, :] < lengths[:, None]
-    return F.cross_entropy(logits[:, :-1][real], targets[real])
+    return F.cross_entropy(logits[:, :-1][real], targets[real], label_smoothing=label_smoothing)
 
 
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,11 @@ from pathlib import Path
 
 
 def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-    """(training rows, validation rows) of a ``metrics.jsonl``; torn or foreign lines are skipped."""
+    """(training rows, validation rows) of a ``metrics.jsonl`` (none when it does not exist: a run
+    stopped before its first log line); torn or foreign lines are skipped."""
     train, val = [], []
+    if not Path(path).is_file():
+        return train, val
     for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)

@@ -21,6 +21,16 @@ batches. The data order of epoch ``e`` is a permutation drawn from a
 ``torch.Generator`` seeded with ``seed + e``, so a resumed run skips the batches
 the interrupted one already used and sees exactly the same data after them.
 
+Data: training images go through the backbone's eval transform, or with
+``augment="light"`` a random-resized crop and a flip (drawn from the torch RNG of
+the process that loads the batch: without workers the global one, which ``last/``
+saves); validation and test always see the eval transform.
+``image_cache`` decodes every image once into a memory-mapped
+:class:`~mmcli.data.images.ImageCache` under ``$MMCLI_CACHE``, reused by later runs.
+VQA trains on images each with all their questions (the image encoded once);
+captioning on image-caption pairs, or with ``group_captions`` on images each with
+all their captions, the same way (``batch_size`` then counts images).
+
 Under ``torchrun`` the same loop runs data-parallel (DDP), one process per device:
 rank ``r`` takes the ``r``-th of ``world`` equal slices of every batch (``--batch-size``
 is the global batch, so the data order and resuming are those of one process), the losses are
@@ -66,7 +76,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report
 # fields that define a run: resuming with other values would silently train something else
 _IDENTITY = ("task", "data", "preset", "fusion", "model", "seed", "batch_size", "grad_accum",
-             "vocab_size", "answer_top_k", "max_text_len", "objectives", "init")
+             "vocab_size", "answer_top_k", "max_text_len", "objectives", "init", "augment", "label_smoothing",
+             "group_captions", "image_cache")
+AUGMENTS = ("none", "light")  # mmcli.data.images.make_transform
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ class TrainConfig:
     out: str = "runs/run"  # the run directory
     preset: str = "small"  # tiny | small | base
     fusion: str | None = None  # None: the preset's
-    model: dict = field(default_factory=dict)  # other ModelConfig overrides, e.g. {"dim": 128}
+    model: dict = field(default_factory=dict)  # other ModelConfig overrides, e.g. {"dim": 128}; not with init
     epochs: int = 10
     max_steps: int | None = None  # optimizer steps; when set, it replaces epochs
     batch_size: int = 32
@@ -99,6 +111,10 @@ class TrainConfig:
     vocab_size: int = 8000  # tokenizer upper bound (SentencePiece may give fewer)
     answer_top_k: int = 3129  # VQA answer vocabulary size
     max_text_len: int = 32
+    augment: str = "none"  # training images: none (the eval transform) | light (random-resized crop + flip)
+    label_smoothing: float = 0.0  # of the LM loss (caption, pretrain's lm objective)
+    group_captions: bool = False  # caption: one item per image with all its captions (batch_size counts images)
+    image_cache: bool = False  # decode every image once into a memory-mapped ImageCache under $MMCLI_CACHE
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str | None = None  # a run directory to continue (then out is that directory)
     strict: bool = False  # a bad training image is an error instead of a warning
@@ -125,6 +141,20 @@ class TrainConfig:
             if self.task != "pretrain":
                 raise UserError(f"--objectives is for pretrain; task {self.task} has its own loss")
             parse_objectives(self.objectives)
+        if self.augment not in AUGMENTS:
+            raise UserError(f"unknown augment {self.augment!r}; choose from {', '.join(AUGMENTS)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing and self.task not in ("caption", "pretrain"):
+            raise UserError(f"--label-smoothing is for the LM loss (task caption, pretrain's lm); "
+                            f"task {self.task} has none")
+        if self.group_captions and self.task != "caption":
+            raise UserError(f"--group-captions is for task caption; task {self.task} trains on "
+                            "image-caption pairs (its contrastive negatives are the batch's other pairs)")
+        if self.init is not None and self.model and self.resume is None:
+            # (a run resumed with init may carry overrides saved before this check: model_config ignores them)
+            raise UserError(f"--model {_overrides(self.model)} cannot be combined with --init: the init run fixes "
+                            "the model (its ModelConfig and weights); leave --model out")
 
     def objective_weights(self) -> dict[str, float]:
         """Pretraining objective -> weight (see :func:`parse_objectives`)."""
@@ -159,6 +189,11 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _overrides(model: dict) -> str:
+    """``{"dropout": 0.2, "text_layers": 1}`` -> ``dropout=0.2,text_layers=1`` (as --model takes them)."""
+    return ",".join(f"{k}={'none' if v is None else v}" for k, v in model.items())
 
 
 def parse_objectives(spec: str) -> dict[str, float]:
@@ -420,7 +455,7 @@ class Session:
     answers: object  # AnswerVocab or None
     train_set: torch.utils.data.Dataset
     val: object  # mmcli.data.records.Split
-    image_source: object  # eval-transform ImageSource
+    image_source: object  # eval-transform ImageSource (validation, test); the train set has its own
     loss_fn: Callable
     params: list
     optimizer: torch.optim.Optimizer
@@ -447,7 +482,7 @@ class _Opened:
 
 def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dtype | None) -> Session:
     """Data, tokenizer, model, optimizer and schedule; restored from ``last/`` when resuming."""
-    from .data.images import ImageSkipper, make_transform
+    from .data.images import ImageSkipper, cache_size, make_transform
     from .data.loaders import ImageSource
     from .model.vlm import VLM
 
@@ -460,8 +495,11 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
     model = VLM(cfg.model_config(**sizes))
     if run.init is not None and run.checkpoint is None:  # --init (a resume restores last/ instead)
         _load_init(model, run.init)
-    source = ImageSource(make_transform(model.vision.data_config))
-    train_set = _train_dataset(cfg, train, source, tokenizer, answers)
+    dc = model.vision.data_config
+    cache = _image_cache(cfg, (train, val, test), cache_size(dc)) if cfg.image_cache else None
+    source = ImageSource(make_transform(dc), cache)  # validation and test: the eval transform
+    train_source = ImageSource(make_transform(dc, train=True, augment=cfg.augment), cache)
+    train_set = _train_dataset(cfg, train, train_source, tokenizer, answers)
     steps_per_epoch = (_n_batches(len(train_set), cfg.batch_size)) // cfg.grad_accum
     if steps_per_epoch == 0:
         raise UserError(f"{cfg.data}: {len(train_set)} training items make no full step of "
@@ -608,11 +646,57 @@ def _load_init(model: torch.nn.Module, ckpt) -> None:
 
 
 def _train_dataset(cfg: TrainConfig, train, source, tokenizer, answers):
-    from .data.loaders import PairDataset, VQAImageDataset
+    from .data.loaders import CaptionImageDataset, PairDataset, VQAImageDataset
 
     if cfg.task == "vqa":  # one item per image with all its questions: the image is encoded once
         return VQAImageDataset(train.questions, source, tokenizer, answers, max_len=cfg.max_text_len)
+    if cfg.group_captions:  # one item per image with all its captions: the image is encoded once
+        return CaptionImageDataset(train.captions, source, tokenizer, max_len=cfg.max_text_len)
     return PairDataset(train.pairs(), source, tokenizer, max_len=cfg.max_text_len)
+
+
+def _image_cache(cfg: TrainConfig, splits, size: int):
+    """``image_cache``: every image of the splits decoded once, ``size`` px square, into the dataset's
+    memory-mapped ImageCache under $MMCLI_CACHE (reused while it matches the files, rebuilt when
+    they change). Unreadable images are recorded in it as bad and skipped (or, --strict, fatal) when
+    used, as without the cache. Under torchrun rank 0 builds it while the others wait, then they open it."""
+    from .data.images import ImageCache, dataset_cache_dir
+
+    paths = sorted({r.image for sp in splits if sp is not None for r in (*sp.captions, *sp.questions)})
+    out = dataset_cache_dir(cfg.data, paths, size)
+    cache, error = None, None
+    if is_main():
+        try:
+            cache = _open_or_build_cache(paths, size, out)
+        except UserError as e:
+            error = str(e)
+    error = broadcast_object(error)  # (a barrier too: the other ranks open the cache once it is there)
+    if error is not None:
+        raise UserError(error)
+    return cache if cache is not None else ImageCache.open(out)
+
+
+def _open_or_build_cache(paths: list[str], size: int, out: Path):
+    """:meth:`ImageCache.open_or_build`, saying on stderr which of the two it did."""
+    from .data.images import ImageCache, ImageSkipper
+
+    try:
+        cache = ImageCache.open(out)
+        if cache.is_valid_for(paths, size):
+            print(f"mmcli: image cache {out}: reusing it ({len(cache)} images)", file=sys.stderr)
+            return cache
+    except UserError:  # none yet, or a half-built one
+        pass
+    t0 = time.perf_counter()
+    try:  # (the loop warns about a bad image when it meets one: none here)
+        cache = ImageCache.build(paths, size, out, skipper=ImageSkipper(quiet=True))
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the image cache ({e.strerror or e}); "
+                        "set $MMCLI_CACHE to a writable folder") from None
+    bad = f", {len(cache.bad)} unreadable" if cache.bad else ""
+    print(f"mmcli: image cache {out}: built ({len(cache)} images of {size} px{bad}) in "
+          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return cache
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -682,21 +766,26 @@ def _loader(s: Session, batches: list[list[int]], cfg: TrainConfig, epoch: int):
 # ============================================================================ losses
 
 
-def caption_loss(model, batch, s: Session) -> torch.Tensor:
-    """Next-token cross-entropy of the caption given the image."""
+def caption_loss(model, batch, s: Session, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token cross-entropy of the caption given the image; a grouped batch (``text_image`` set,
+    ``group_captions``) encodes each image once and gives its tokens to each of its captions."""
     with s.autocast():
-        img = model.encode_image(batch.images)  # (B, N, D)
-    return _lm_part(model, img, batch, s)
+        img = model.encode_image(batch.images)  # (B_img, N, D)
+    if batch.text_image is not None:
+        img = img.index_select(0, batch.text_image)  # (B_t, N, D): each caption row's image tokens
+    return _lm_part(model, img, batch, s, label_smoothing)
 
 
-def _lm_part(model, img: torch.Tensor, batch, s: Session) -> torch.Tensor:
+def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float = 0.0) -> torch.Tensor:
     """The LM loss of the batch's captions given image tokens (B, N, D) already encoded."""
     from .losses import lm_loss
 
     with s.autocast():
         logits = model.lm_logits(None, batch.text, img=img)
-    # a mean over this rank's predicted tokens; under torchrun, times its share of the global batch's
-    return lm_loss(logits.float(), batch.text, batch.text_len) * share((batch.text_len - 1).clamp(min=0).sum())
+    # a mean over this rank's predicted tokens (grouped or not: every caption's tokens count alike);
+    # under torchrun, times its share of the global batch's
+    loss = lm_loss(logits.float(), batch.text, batch.text_len, label_smoothing=label_smoothing)
+    return loss * share((batch.text_len - 1).clamp(min=0).sum())
 
 
 def vqa_train_loss(model, batch, s: Session) -> torch.Tensor:
@@ -710,13 +799,13 @@ def vqa_train_loss(model, batch, s: Session) -> torch.Tensor:
 
 
 def vqa_batch_logits(model, batch) -> torch.Tensor:
-    """(B_q, n_answers) answer logits of a VQA batch; a grouped batch (``question_image`` set)
+    """(B_q, n_answers) answer logits of a VQA batch; a grouped batch (``text_image`` set)
     encodes each image once and gives its tokens to each of its questions."""
-    if batch.question_image is None:
+    if batch.text_image is None:
         return model.vqa_logits(batch.images, batch.text, batch.text_len)
     if model.vqa_head is None:
         raise ValueError("this model has no VQA head (n_answers = 0)")
-    img = model.encode_image(batch.images).index_select(0, batch.question_image)  # (B_q, N, D)
+    img = model.encode_image(batch.images).index_select(0, batch.text_image)  # (B_q, N, D)
     return model.vqa_head(model.understand(img, batch.text, batch.text_len))
 
 
@@ -727,15 +816,17 @@ def retrieval_loss(model, batch, s: Session) -> torch.Tensor:
     return sum(_contrastive_parts(model, img, batch, s, ("itc", "itm")).values())
 
 
-def pretrain_loss(model, batch, s: Session, weights: dict[str, float] | None = None) -> torch.Tensor:
+def pretrain_loss(model, batch, s: Session, weights: dict[str, float] | None = None,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
     """The weighted sum of the chosen objectives (``weights``: objective -> weight, see
-    :data:`OBJECTIVES`) on a batch of image-caption pairs; the image is encoded once for all."""
+    :data:`OBJECTIVES`) on a batch of image-caption pairs; the image is encoded once for all.
+    ``label_smoothing``: of the lm objective."""
     weights = weights or parse_objectives(DEFAULT_OBJECTIVES)
     with s.autocast():
         img = model.encode_image(batch.images)  # (B, N, D)
     parts = _contrastive_parts(model, img, batch, s, tuple(k for k in ("itc", "itm") if k in weights))
     if "lm" in weights:
-        parts["lm"] = _lm_part(model, img, batch, s)
+        parts["lm"] = _lm_part(model, img, batch, s, label_smoothing)
     if not parts:  # itm alone on a batch of one image: no negative, nothing to learn from it
         return img.sum() * 0.0
     return sum(weights[k] * loss for k, loss in parts.items())
@@ -797,9 +888,14 @@ LOSSES = {"caption": caption_loss, "vqa": vqa_train_loss, "retrieval": retrieval
 
 
 def _loss_fn(cfg: TrainConfig) -> Callable:
-    """The training loss of ``cfg.task``: ``fn(model, batch, session)``; pretrain's with its weights."""
+    """The training loss of ``cfg.task``: ``fn(model, batch, session)``; pretrain's with its weights,
+    and the LM losses (caption, pretrain) with the label smoothing when there is one (so a loss put
+    in :data:`LOSSES` need not take it)."""
     fn = LOSSES[cfg.task]
-    return partial(fn, weights=cfg.objective_weights()) if cfg.task == "pretrain" else fn
+    smoothing = {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}
+    if cfg.task == "pretrain":
+        return partial(fn, weights=cfg.objective_weights(), **smoothing)
+    return partial(fn, **smoothing) if smoothing else fn
 
 
 # ============================================================================ validation

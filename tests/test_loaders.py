@@ -111,5 +111,20 @@ def test_grouped_vqa_collate_shares_each_image(data):
     assert len(ds) == 4 and ds.n_questions == 6
     b = collate([ds[i] for i in range(4)], pad_id=tok.pad_id)
     assert len(b) == 4 and b.n_samples == 6 and b.text.shape[0] == 6 and b.targets.shape[0] == 6
-    assert b.question_image.tolist() == [0, 0, 1, 1, 2, 3]
+    assert b.text_image.tolist() == [0, 0, 1, 1, 2, 3]
     assert b.text_ids == ["q0", "x0", "q1", "x1", "q2", "q3"]
+
+
+def test_grouped_captions_collate_shares_each_image(data):
+    from mmcli.data.loaders import CaptionImageDataset
+
+    split, tok = data
+    ds = CaptionImageDataset(split.captions, ImageSource(make_transform(CONFIG)), tok, max_len=6)
+    assert len(ds) == 5 and ds.n_captions == 9
+    b = collate([ds[i] for i in range(len(ds))], pad_id=tok.pad_id)
+    assert len(b) == 4 and b.n_samples == 8 and [s.path.endswith("bad.jpg") for s in b.skipped] == [True]
+    assert b.text_image.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    pairs = collate([PairDataset(split.pairs(), ds.images, tok, max_len=6)[i] for i in range(9)], pad_id=tok.pad_id)
+    assert b.text_ids == pairs.text_ids and torch.equal(b.text, pairs.text)  # the pairs' caption rows
+    one = CaptionImageDataset(split.captions, ds.images, tok, max_captions=1)
+    assert one.n_captions == 5 and [t["text_id"] for t in one[0]["texts"]] == ["i0#0"]

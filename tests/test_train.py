@@ -244,7 +244,7 @@ def test_vqa_grouped_and_final_test():
     model = VLM(preset("tiny", n_answers=5, vocab_size=50)).eval()
     images, owner = torch.randn(2, 3, 64, 64), torch.tensor([0, 0, 1])
     ids, lens = torch.randint(4, 50, (3, 5)), torch.tensor([5, 3, 4])
-    grouped = Batch(images=images, image_ids=["a", "b"], text=ids, text_len=lens, question_image=owner)
+    grouped = Batch(images=images, image_ids=["a", "b"], text=ids, text_len=lens, text_image=owner)
     with torch.no_grad():
         a = train.vqa_batch_logits(model, grouped)
         b = model.vqa_logits(images[owner], ids, lens)

@@ -32,6 +32,8 @@ EPILOG = """[b]Examples[/b]
 
   mmcli finetune --task caption --init runs/pt --data shapes:2000 --out runs/cap-pt
 
+  mmcli finetune --task caption --data shapes:2000 --group-captions --augment light --label-smoothing 0.1 --beam 3
+
   mmcli finetune --resume runs/cap --max-steps 5000
 """
 
@@ -50,13 +52,23 @@ def finetune(
     init: o.Init = None,
     preset: o.PresetOpt = o.Preset.small,
     fusion: o.FusionOpt = None,
+    model: o.ModelOpt = None,
     epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Items per batch; for vqa, images per batch, each with "
-                                            "all its questions (the image is encoded once).")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per batch; for vqa (and caption with "
+                                            "--group-captions), images per batch, each with all its questions "
+                                            "(captions): the image is encoded once.")] = 32,
     grad_accum: o.GradAccum = 1,
     lr: o.Lr = 3e-4,
     warmup_steps: o.WarmupSteps = 100,
+    label_smoothing: o.LabelSmoothing = 0.0,
+    group_captions: Annotated[bool, typer.Option(
+        "--group-captions/--no-group-captions",
+        help="caption: one batch item per image with all its captions, the image encoded once for all of them "
+        "(--batch-size then counts images); the loss is the mean over all caption tokens, as for pairs.")] = False,
+    augment: o.AugmentOpt = o.Augment.none,
+    image_cache: o.ImageCacheOpt = False,
+    beam: o.Beam = 1,
     precision: o.PrecisionOpt = o.Precision.auto,
     seed: o.Seed = 0,
     deterministic: o.Deterministic = False,
@@ -69,11 +81,15 @@ def finetune(
     test: o.Test = None,
 ) -> None:
     data = data or DEFAULT_DATA[task.value]
+    # (with --init the model is the init run's: no dataset defaults, and --model is refused)
+    model = o.model_overrides(model, None if init else DATA_MODEL.get(data))
     cfg = o.train_config(
-        resume, task=task, data=data, model=dict(DATA_MODEL.get(data, {})), init=init,
+        resume, task=task, data=data, model=model, init=init,
         out=out or Path("runs") / f"{task.value}-{datetime.now():%Y%m%d-%H%M%S}", preset=preset, fusion=fusion,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        warmup_steps=warmup_steps, precision=precision, seed=seed, deterministic=deterministic,
-        eval_every=eval_every, patience=patience, workers=workers, device=device, strict=strict, test=test,
+        warmup_steps=warmup_steps, label_smoothing=label_smoothing, group_captions=group_captions,
+        augment=augment, image_cache=image_cache, beam=beam, precision=precision, seed=seed,
+        deterministic=deterministic, eval_every=eval_every, patience=patience, workers=workers, device=device,
+        strict=strict, test=test,
     )
     o.run_training(cfg, "finetune")

@@ -39,6 +39,11 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class Augment(str, Enum):
+    none = "none"
+    light = "light"
+
+
 # ---------------------------------------------------------------- the training commands' options
 Out = Annotated[Optional[Path], typer.Option(
     help="Run directory.  \\[default: runs/TASK-TIMESTAMP]", show_default=False)]
@@ -50,6 +55,26 @@ FusionOpt = Annotated[Optional[Fusion], typer.Option(
 Init = Annotated[Optional[Path], typer.Option(
     help="Start from this run's weights and tokenizer (RUN/best, else RUN/last, or a checkpoint directory); "
     "the model architecture is the init run's.", show_default=False, file_okay=False)]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", metavar="KEY=VALUE[,...]",
+    help="Model settings over the preset's: comma-separated ModelConfig fields, e.g. drop_stages=1,dropout=0.2 "
+    "or text_layers=1,fusion_layers=3 (also backbone, image_size, dim, heads, mlp_ratio, embed_dim, "
+    "freeze_backbone, image_pool...; true/false for switches, none for an optional path). "
+    "Refused with --init: the init run fixes the model.  \\[default: the preset's]", show_default=False)]
+AugmentOpt = Annotated[Augment, typer.Option(
+    "--augment", help="Training images: none (the eval resize and center crop) or light (a random-resized crop of "
+    "50-100% of the area and a horizontal flip; the flip makes 'left' and 'right' in captions and questions "
+    "wrong). Validation and test always see the eval transform.")]
+LabelSmoothing = Annotated[float, typer.Option(
+    min=0.0, help="Label smoothing F of the captioning (LM) loss: the target is 1-F on the true token plus F spread "
+    "over the vocabulary; 0 = plain cross-entropy.")]
+ImageCacheOpt = Annotated[bool, typer.Option(
+    "--image-cache/--no-image-cache",
+    help="Decode every train/val/test image once into one memory-mapped cache (square, at the eval transform's "
+    "resize side, e.g. 134 px for 128 px images) under $MMCLI_CACHE (else ~/.cache/mmcli); later runs on the "
+    "same data and image size reuse it, changed files rebuild it.")]
+Beam = Annotated[int, typer.Option(
+    min=1, help="Captions for validation and the final test: 1 = greedy decoding, N > 1 = beam search of width N.")]
 Epochs = Annotated[Optional[int], typer.Option(
     min=1, help="Passes over the train split.  \\[default: 10]", show_default=False)]
 MaxSteps = Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps; replaces --epochs.", show_default=False)]
@@ -94,6 +119,15 @@ def train_config(resume: Path | None, **options):
     if "init" in given:
         raise UserError("--init starts a new run and --resume continues one; give only one of them")
     return resume_config(resume, **{k: v for k, v in given.items() if k in RESUMABLE})
+
+
+def model_overrides(spec: str | None, defaults: dict | None = None) -> dict | None:
+    """``--model`` (:func:`mmcli.config.parse_model_overrides`) over ``defaults`` (the command's own
+    for a dataset), the user's values winning; None when both are empty."""
+    from ..config import parse_model_overrides
+
+    merged = {**(defaults or {}), **(parse_model_overrides(spec) if spec else {})}
+    return merged or None
 
 
 def run_training(cfg, command: str) -> None:

@@ -51,6 +51,7 @@ def pretrain(
     init: o.Init = None,
     preset: o.PresetOpt = o.Preset.small,
     fusion: o.FusionOpt = None,
+    model: o.ModelOpt = None,
     epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None,
     batch_size: Annotated[int, typer.Option(
@@ -58,6 +59,10 @@ def pretrain(
     grad_accum: o.GradAccum = 1,
     lr: o.Lr = 3e-4,
     warmup_steps: o.WarmupSteps = 100,
+    label_smoothing: o.LabelSmoothing = 0.0,
+    augment: o.AugmentOpt = o.Augment.none,
+    image_cache: o.ImageCacheOpt = False,
+    beam: o.Beam = 1,
     precision: o.PrecisionOpt = o.Precision.auto,
     seed: o.Seed = 0,
     deterministic: o.Deterministic = False,
@@ -70,10 +75,11 @@ def pretrain(
     test: o.Test = None,
 ) -> None:
     cfg = o.train_config(
-        resume, task="pretrain", data=data, objectives=objectives, init=init,
+        resume, task="pretrain", data=data, objectives=objectives, init=init, model=o.model_overrides(model),
         out=out or Path("runs") / f"pretrain-{datetime.now():%Y%m%d-%H%M%S}", preset=preset, fusion=fusion,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        warmup_steps=warmup_steps, precision=precision, seed=seed, deterministic=deterministic,
+        warmup_steps=warmup_steps, label_smoothing=label_smoothing, augment=augment, image_cache=image_cache,
+        beam=beam, precision=precision, seed=seed, deterministic=deterministic,
         eval_every=eval_every, patience=patience, workers=workers, device=device, strict=strict, test=test,
     )
     o.run_training(cfg, "pretrain")

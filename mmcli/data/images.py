@@ -9,7 +9,9 @@
   config (the dict ``timm.data.resolve_data_config`` returns). timm itself is
   imported only by the model's vision adapter, never here.
 * :class:`ImageCache` decodes a dataset's images once into one memory-mapped
-  ``.npy`` file, so small-image datasets are not bound by JPEG decoding.
+  ``.npy`` file, so small-image datasets are not bound by JPEG decoding;
+  training (``--image-cache``) keeps one per dataset and size under
+  :func:`cache_root` (:func:`dataset_cache_dir`).
 """
 
 from __future__ import annotations
@@ -142,8 +144,8 @@ class ImageSkipper:
     >>> img = skipper.load("x.jpg")   # None, and a warning on stderr, if x.jpg is bad
     """
 
-    def __init__(self, strict: bool = False):
-        self.strict = strict
+    def __init__(self, strict: bool = False, quiet: bool = False):
+        self.strict, self.quiet = strict, quiet  # quiet: record without the warning line
         self.skipped: list[tuple[str, str]] = []  # (path, problem), one entry per file
         self._seen: set[str] = set()
 
@@ -169,7 +171,8 @@ class ImageSkipper:
             return
         self._seen.add(path)
         self.skipped.append((path, problem))
-        print(f"mmcli: warning: skipping {path}: {problem}", file=sys.stderr)
+        if not self.quiet:
+            print(f"mmcli: warning: skipping {path}: {problem}", file=sys.stderr)
 
     @property
     def count(self) -> int:
@@ -261,6 +264,24 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
 # ----------------------------------------------------------------------------- cache
 
 PROGRESS_MIN_IMAGES = 500  # fewer images build in about a second: no progress bar
+
+
+def cache_root() -> Path:
+    """Where mmcli keeps what it derives from data (the shapes images, image caches):
+    ``$MMCLI_CACHE``, else ``~/.cache/mmcli``."""
+    return Path(os.environ.get("MMCLI_CACHE") or "~/.cache/mmcli").expanduser()
+
+
+def dataset_cache_dir(spec: str, paths: list[str], size: int) -> Path:
+    """The directory of a dataset's :class:`ImageCache`: ``<cache_root>/images-<spec>-<size>px-<hash>``,
+    the spec made safe for a file name and the hash over the sorted absolute image paths (so two
+    specs, or one relative spec read from two folders, that name other images never share one)."""
+    import hashlib
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", spec).strip("-.")[:48] or "data"
+    digest = hashlib.sha256("\n".join(sorted(os.path.abspath(p) for p in paths)).encode()).hexdigest()[:12]
+    return cache_root() / f"images-{slug}-{size}px-{digest}"
 
 
 def _file_key(path: str) -> list | None:

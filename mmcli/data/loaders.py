@@ -1,7 +1,10 @@
 """PyTorch datasets over mmcli records, one typed batch, and the DataLoader setup.
 
 Every dataset item is an image tensor plus token ids (and, for VQA, a soft
-answer target); ``collate`` stacks them into one :class:`Batch`. A bad image is
+answer target); ``collate`` stacks them into one :class:`Batch`. A grouped
+dataset (:class:`VQAImageDataset`, :class:`CaptionImageDataset`) gives one item per
+image with all its questions or captions: the batch then holds each image once
+and ``Batch.text_image`` maps each text row to its image row. A bad image is
 not fatal: the item comes back as ``Skipped`` and ``collate`` leaves it out and
 lists it in ``batch.skipped``, so the training loop (in the main process, even
 with worker processes) can warn once per file and count them, or stop when the
@@ -43,17 +46,18 @@ class Batch:
     answers: list[tuple[str, ...]] | None = None  # reference answers (for the metric)
     references: list[tuple[str, ...]] | None = None  # reference captions (for the metric)
     skipped: list[Skipped] = field(default_factory=list)
-    # grouped VQA (VQAImageDataset): the text/targets rows are questions (B_q), ``images`` holds
-    # each image once (B_img) and question_image (B_q,) int64 maps a question to its image row
-    question_image: torch.Tensor | None = None
+    # grouped texts (VQAImageDataset, CaptionImageDataset): the text/targets rows are questions or
+    # captions (B_t), ``images`` holds each image once (B_img) and text_image (B_t,) int64 maps a
+    # text row to its image row
+    text_image: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @property
     def n_samples(self) -> int:
-        """Training samples in the batch: questions when grouped, else rows."""
-        return self.text.shape[0] if self.question_image is not None else len(self)
+        """Training samples in the batch: text rows (questions, captions) when grouped, else rows."""
+        return self.text.shape[0] if self.text_image is not None else len(self)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """The same batch with every tensor on ``device``."""
@@ -157,7 +161,7 @@ class VQADataset(_Base):
 
 class VQAImageDataset(_Base):
     """One item per image with all its questions (grouped VQA): the image encoder then runs once
-    per image and its tokens are shared by the image's questions (``Batch.question_image``).
+    per image and its tokens are shared by the image's questions (``Batch.text_image``).
 
     ``max_questions``: keep at most this many questions per image (the first ones), None = all.
     """
@@ -184,7 +188,32 @@ class VQAImageDataset(_Base):
             for idx, score in self.answer_vocab.soft_targets(q.answers).items():
                 target[idx] = score
             questions.append({"text": ids, "text_id": q.question_id, "target": target, "answers": q.answers})
-        return {"image": img, "image_id": qs[0].image_id, "questions": questions}
+        return {"image": img, "image_id": qs[0].image_id, "texts": questions}
+
+
+class CaptionImageDataset(_Base):
+    """One item per image with all its captions (grouped captioning): the image encoder then runs
+    once per image and its tokens are shared by the image's captions (``Batch.text_image``), as
+    :class:`VQAImageDataset` does for questions. The caption rows are those of
+    :class:`PairDataset` over the same records (bos caption eos, ids ``image_id#k``).
+
+    ``max_captions``: keep at most this many captions per image (the first ones), None = all.
+    """
+
+    def __init__(self, records: Sequence[CaptionRecord], images: ImageSource, tokenizer, max_len: int = 32,
+                 max_captions: int | None = None):
+        super().__init__([r for r in records if r.captions], images)  # (an image without captions: no rows)
+        self.tokenizer, self.max_len, self.max_captions = tokenizer, max_len, max_captions
+        self.n_captions = sum(len(r.captions[:max_captions]) for r in self.records)
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        img = self._image(r.image)
+        if isinstance(img, Skipped):
+            return img
+        captions = [{"text": self.tokenizer.encode(c, bos=True, eos=True)[: self.max_len],
+                     "text_id": f"{r.image_id}#{k}"} for k, c in enumerate(r.captions[: self.max_captions])]
+        return {"image": img, "image_id": r.image_id, "texts": captions}
 
 
 def collate(items: list, pad_id: int = 0) -> Batch:
@@ -198,10 +227,10 @@ def collate(items: list, pad_id: int = 0) -> Batch:
         image_ids=[it["image_id"] for it in items],
         skipped=skipped,
     )
-    if "questions" in items[0]:  # grouped VQA: question rows + the image row of each
-        owner = [row for row, it in enumerate(items) for _ in it["questions"]]
-        items = [q for it in items for q in it["questions"]]
-        batch.question_image = torch.tensor(owner, dtype=torch.int64)
+    if "texts" in items[0]:  # grouped questions or captions: text rows + the image row of each
+        owner = [row for row, it in enumerate(items) for _ in it["texts"]]
+        items = [t for it in items for t in it["texts"]]
+        batch.text_image = torch.tensor(owner, dtype=torch.int64)
     if "text" in items[0]:
         lengths = [len(it["text"]) for it in items]
         text = np.full((len(items), max(lengths)), pad_id, dtype=np.int64)

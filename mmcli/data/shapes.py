@@ -322,8 +322,10 @@ def _check(n_images: int, size: int, seed: int) -> None:
 
 
 def cache_folder(n_images: int, size: int, seed: int, cache_dir: str | os.PathLike | None = None) -> Path:
-    root = cache_dir or os.environ.get("MMCLI_CACHE") or "~/.cache/mmcli"
-    return Path(root).expanduser() / f"shapes-n{n_images}-s{size}-seed{seed}"
+    from .images import cache_root
+
+    root = Path(cache_dir).expanduser() if cache_dir else cache_root()
+    return root / f"shapes-n{n_images}-s{size}-seed{seed}"
 
 
 def _manifest(n_images: int, size: int, seed: int) -> dict:

@@ -1,0 +1,287 @@
+"""The captioning recipe's training options (TrainConfig fields and CLI options of finetune and pretrain):
+--model, --augment, --label-smoothing, --group-captions, --image-cache and --beam, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmcli import train
+from mmcli.errors import UserError
+from mmcli.train import TrainConfig, fit, request_stop, resume_config
+
+DATA = "shapes:40:32"  # 32 train, 4 val, 4 test images
+# images already at the tiny preset's cache side (64 px / crop_pct 0.95 = 67): caching them resizes nothing
+CACHED = "shapes:40:67"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two threads on a shared 2-core machine are much slower than one (and this keeps runs comparable)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(task="caption", data=DATA, out="run", preset="tiny", batch_size=8, lr=2e-3, warmup_steps=2,
+                vocab_size=300, max_text_len=24, log_every=5, max_steps=20, eval_every=20, test=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def rows(run: str | Path, key: str) -> list[dict]:
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if key in r]
+
+
+def step_losses(c: TrainConfig) -> list[float]:
+    """Every optimizer step's loss of ``fit(c)``."""
+    losses = []
+    fit(c, on_step=lambda step, loss: losses.append(loss))
+    return losses
+
+
+# ---------------------------------------------------------------------------- --group-captions
+
+
+@pytest.mark.parametrize("fusion", ["cross", "concat"])
+def test_grouped_captions_give_the_loss_and_gradients_of_the_pairs(fusion):
+    """The same images and captions as pairs (each image encoded once per caption) and grouped (once
+    per image): the same loss, a mean over all caption tokens, and the same gradients (eval mode:
+    BatchNorm's running statistics, so an image's repetitions in the pair batch change nothing)."""
+    from mmcli.config import preset
+    from mmcli.data.images import make_transform
+    from mmcli.data.loaders import CaptionImageDataset, ImageSource, PairDataset, collate
+    from mmcli.data.records import Split
+    from mmcli.data.spec import load_dataset
+    from mmcli.model.vlm import VLM
+    from mmcli.tokenizer import Tokenizer
+
+    records = load_dataset(DATA).splits["train"].captions[:6]
+    tok = Tokenizer.train([c for r in records for c in r.captions], vocab_size=400)
+    torch.manual_seed(0)
+    model = VLM(preset("tiny", vocab_size=tok.vocab_size, fusion=fusion, dropout=0.1)).eval()
+    source = ImageSource(make_transform(model.vision.data_config))
+    pairs = PairDataset(Split(records).pairs(), source, tok, max_len=24)
+    grouped = CaptionImageDataset(records, source, tok, max_len=24)
+    a = collate([pairs[i] for i in range(len(pairs))], tok.pad_id)
+    b = collate([grouped[i] for i in range(len(grouped))], tok.pad_id)
+    assert len(b) == 6 and len(a) == b.n_samples == a.n_samples == grouped.n_captions > 6
+    assert b.text_ids == a.text_ids and torch.equal(b.text, a.text) and torch.equal(b.text_len, a.text_len)
+    assert b.text_image.tolist() == [i for i, r in enumerate(records) for _ in r.captions]
+
+    s = SimpleNamespace(autocast=nullcontext)
+
+    def loss_and_grads(batch, smoothing=0.0):
+        model.zero_grad()
+        loss = train.caption_loss(model, batch, s, label_smoothing=smoothing)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    for smoothing in (0.0, 0.1):
+        (la, ga), (lb, gb) = loss_and_grads(a, smoothing), loss_and_grads(b, smoothing)
+        torch.testing.assert_close(lb, la, atol=1e-6, rtol=1e-5)
+        assert ga.keys() == gb.keys() and any(k.startswith("vision") for k in ga)
+        for k in ga:
+            torch.testing.assert_close(gb[k], ga[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_grouped_captions_train_on_images_with_all_their_captions():
+    result = fit(cfg(group_captions=True, max_steps=12, eval_every=12, log_every=4))
+    losses = [r["loss"] for r in rows("run", "loss")]
+    assert result.steps == 12 and len(losses) == 3 and losses[-1] < 0.9 * losses[0], losses
+    assert result.epochs == 3  # 32 images, batches of 8 images (not pairs): 4 steps an epoch
+    assert json.loads(Path("run/config.json").read_text())["train"]["group_captions"] is True
+    with pytest.raises(UserError, match="--group-captions is for task caption"):
+        cfg(task="retrieval", group_captions=True)
+
+
+# ---------------------------------------------------------------------------- --label-smoothing
+
+
+def test_label_smoothing_of_the_lm_loss():
+    from mmcli.losses import lm_loss
+
+    torch.manual_seed(0)
+    logits, ids, lens = torch.randn(3, 6, 11), torch.randint(4, 11, (3, 6)), torch.tensor([6, 3, 4])
+    # the loss before label smoothing existed: mean next-token NLL over the real tokens
+    logp = logits[:, :-1].log_softmax(-1)
+    real = [(b, t) for b in range(3) for t in range(5) if t + 1 < lens[b]]
+    nll = torch.stack([-logp[b, t, ids[b, t + 1]] for b, t in real]).mean()
+    uniform = torch.stack([-logp[b, t].mean() for b, t in real]).mean()
+    assert torch.equal(lm_loss(logits, ids, lens, label_smoothing=0.0), lm_loss(logits, ids, lens))
+    torch.testing.assert_close(lm_loss(logits, ids, lens), nll)
+    torch.testing.assert_close(lm_loss(logits, ids, lens, label_smoothing=0.1), 0.9 * nll + 0.1 * uniform)
+    # the training losses take it: caption directly, pretrain for its lm objective
+    assert train._loss_fn(cfg(label_smoothing=0.1)).keywords == {"label_smoothing": 0.1}
+    pt = train._loss_fn(cfg(task="pretrain", label_smoothing=0.1))
+    assert pt.keywords["label_smoothing"] == 0.1 and "lm" in pt.keywords["weights"]
+    for bad, match in [(dict(label_smoothing=1.0), r"in \[0, 1\)"),
+                       (dict(task="vqa", label_smoothing=0.1), "--label-smoothing is for the LM loss")]:
+        with pytest.raises(UserError, match=match):
+            cfg(**bad)
+
+
+def test_label_smoothing_changes_the_training_loss_and_zero_keeps_it():
+    plain = step_losses(cfg(out="plain", max_steps=2, eval_every=2))
+    zero = step_losses(cfg(out="zero", max_steps=2, eval_every=2, label_smoothing=0.0))
+    smoothed = step_losses(cfg(out="smoothed", max_steps=2, eval_every=2, label_smoothing=0.1))
+    assert zero == plain and smoothed[0] != plain[0]
+
+
+# ---------------------------------------------------------------------------- --augment
+
+
+def test_augment_light_changes_training_images_but_not_validation():
+    cpu = torch.device("cpu")
+    plain = train._build(cfg(out="plain"), train._Opened(), cpu, None)
+    light = train._build(cfg(out="light", augment="light"), train._Opened(), cpu, None)
+    torch.manual_seed(1)
+    a, b = plain.train_set[0]["image"], light.train_set[0]["image"]
+    assert a.shape == b.shape and not torch.equal(a, b)
+    assert torch.equal(plain.train_set[0]["image"], a)  # none: the eval transform, the same every time
+    assert not torch.equal(light.train_set[0]["image"], b)  # light: another crop (or flip) each time
+    # validation and test images: the eval transform, whatever --augment says
+    path = plain.val.captions[0].image
+    assert torch.equal(light.image_source(path), plain.image_source(path))
+    assert torch.equal(light.image_source(path), plain.train_set.images(path))
+    with pytest.raises(UserError, match="unknown augment 'heavy'"):
+        cfg(augment="heavy")
+
+
+# ---------------------------------------------------------------------------- --image-cache
+
+
+def test_image_cache_is_built_once_reused_and_trains_as_the_files(capsys, monkeypatch):
+    files = step_losses(cfg(data=CACHED, out="files", max_steps=2, eval_every=2))
+    cached = step_losses(cfg(data=CACHED, out="cached", max_steps=2, eval_every=2, image_cache=True))
+    err = capsys.readouterr().err
+    (cache,) = Path(os.environ["MMCLI_CACHE"]).glob("images-*")
+    assert cache.name.startswith("images-shapes-40-67-67px-") and f"image cache {cache}: built (40 images" in err
+    index = json.loads((cache / "index.json").read_text())
+    assert index["size"] == 67 and len(index["paths"]) == 40 and index["bad"] == []  # train, val and test
+    stamp = (cache / "pixels.npy").stat().st_mtime_ns, (cache / "index.json").stat().st_mtime_ns
+
+    def no_files(path):
+        raise AssertionError(f"{path} was read from its file, not from the cache")
+
+    monkeypatch.setattr("mmcli.data.loaders.load_image", no_files)  # training and validation: the cache only
+    again = step_losses(cfg(data=CACHED, out="again", max_steps=2, eval_every=2, image_cache=True))
+    assert f"image cache {cache}: reusing it" in capsys.readouterr().err
+    assert ((cache / "pixels.npy").stat().st_mtime_ns, (cache / "index.json").stat().st_mtime_ns) == stamp
+    # the cache's resize is a no-op at this size: the same pixels, so exactly the same run
+    assert files == cached == again
+    assert rows("files", "val") == rows("cached", "val") == rows("again", "val")
+
+
+def test_image_cache_records_a_bad_image_and_training_skips_it_once(capsys):
+    from mmcli.data.spec import load_dataset
+
+    bad = load_dataset(DATA).splits["train"].captions[0].image
+    Path(bad).write_bytes(b"not a png")  # the shapes cache lives in this test's MMCLI_CACHE
+    result = fit(cfg(image_cache=True, max_steps=8, eval_every=8, log_every=50))  # two epochs
+    err = capsys.readouterr().err
+    assert result.skipped_images == 1 and err.count(f"skipping {bad}") == 1 and "1 unreadable" in err
+    (cache,) = Path(os.environ["MMCLI_CACHE"]).glob("images-*")
+    index = json.loads((cache / "index.json").read_text())
+    assert [index["paths"][i] for i, _ in index["bad"]] == [bad]  # recorded as bad, read as such from then on
+    with pytest.raises(UserError, match="--strict"):
+        fit(cfg(out="strict", strict=True, image_cache=True))
+
+
+# ---------------------------------------------------------------------------- --model
+
+
+def test_parse_model_overrides():
+    from mmcli.cli.options import model_overrides
+    from mmcli.config import parse_model_overrides
+
+    assert parse_model_overrides("drop_stages=1,dropout=0.2,text_layers=1,fusion_layers=3") == {
+        "drop_stages": 1, "dropout": 0.2, "text_layers": 1, "fusion_layers": 3}
+    got = parse_model_overrides(" freeze_backbone=yes, backbone_weights=none,backbone=resnet34,mlp_ratio=2,")
+    assert got == {"freeze_backbone": True, "backbone_weights": None, "backbone": "resnet34", "mlp_ratio": 2.0}
+    assert type(got["mlp_ratio"]) is float
+    # the command's dataset defaults (finetune's easyvqa image size) under the user's values
+    assert model_overrides("image_size=32,dropout=0.1", {"image_size": 64}) == {"image_size": 32, "dropout": 0.1}
+    assert model_overrides(None, {"image_size": 64}) == {"image_size": 64} and model_overrides(None) is None
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("nope=1", "--model: unknown model field 'nope'; choose from backbone, "),
+    ("dropout=abc", "--model dropout=abc: expected a number"),
+    ("text_layers=1.5", "--model text_layers=1.5: expected an integer"),
+    ("freeze_backbone=maybe", "--model freeze_backbone=maybe: expected true or false"),
+    ("backbone_weights=", "--model backbone_weights=: expected a non-empty string or none"),
+    ("dropout", "--model dropout: no value; write KEY=VALUE"),
+    ("dropout=0.1,dropout=0.2", "--model: dropout is given twice"),
+    ("fusion=concat", "--model fusion: not a --model setting; it comes from --fusion"),
+    ("vocab_size=100", "--model vocab_size: not a --model setting"),
+])
+def test_cli_model_errors_are_one_line(run_cli, spec, message):
+    code, out, err = run_cli("finetune", "--task", "caption", "--model", spec, "--out", "x")
+    assert code == 2 and err.startswith(f"mmcli: error: {message}") and err.count("\n") == 1, err
+    assert not Path("x").exists()
+
+
+def test_model_is_refused_with_init(run_cli):
+    code, out, err = run_cli("finetune", "--task", "caption", "--init", "somewhere", "--model", "dropout=0.1")
+    assert code == 2 and "--model dropout=0.1 cannot be combined with --init" in err and err.count("\n") == 1
+    with pytest.raises(UserError, match="cannot be combined with --init: the init run fixes the model"):
+        cfg(init="somewhere", model={"dropout": 0.1})
+    code, out, err = run_cli("pretrain", "--init", "somewhere", "--model", "text_layers=1")
+    assert code == 2 and "cannot be combined with --init" in err
+
+
+def test_cli_finetune_and_pretrain_take_the_options(run_cli):
+    args = ["--data", DATA, "--preset", "tiny", "--max-steps", "2", "--batch-size", "8", "--no-test",
+            "--model", "dropout=0.1,text_layers=2", "--augment", "light", "--label-smoothing", "0.1",
+            "--image-cache", "--beam", "2"]
+    code, out, err = run_cli("finetune", "--task", "caption", "--group-captions", *args, "--out", "ft")
+    assert code == 0, err
+    saved = json.loads(Path("ft/config.json").read_text())
+    assert saved["model"]["dropout"] == 0.1 and saved["model"]["text_layers"] == 2
+    assert {k: saved["train"][k] for k in ("augment", "label_smoothing", "group_captions", "image_cache", "beam")} \
+        == {"augment": "light", "label_smoothing": 0.1, "group_captions": True, "image_cache": True, "beam": 2}
+    code, out, err = run_cli("pretrain", "--objectives", "itc,lm", *args, "--out", "pt")
+    assert code == 0, err
+    assert "reusing it" in err  # the cache finetune built
+    saved = json.loads(Path("pt/config.json").read_text())
+    assert saved["model"]["dropout"] == 0.1 and saved["train"]["label_smoothing"] == 0.1
+    code, out, err = run_cli("finetune", "--task", "vqa", "--group-captions", "--out", "vqa")
+    assert code == 2 and "--group-captions is for task caption" in err
+
+
+# ---------------------------------------------------------------------------- resuming
+
+
+def test_resume_with_the_recipe_options_is_bit_identical():
+    """Stop at step 5 (mid-epoch), resume to 7 (past an epoch end and two validations, beam search)."""
+    kw = dict(fusion="cross", group_captions=True, augment="light", label_smoothing=0.1, image_cache=True,
+              model={"dropout": 0.1}, beam=2, max_steps=7, eval_every=3, deterministic=True)
+    fit(cfg(out="straight", **kw))
+
+    def stop_at_5(step, loss):
+        if step == 5:
+            request_stop()
+
+    stopped = fit(cfg(out="resumed", **kw), on_step=stop_at_5)
+    assert stopped.exit_code == 130 and stopped.steps == 5
+    result = fit(resume_config("resumed"))
+    assert result.steps == 7
+    from safetensors.torch import load_file
+
+    a, b = (load_file(Path(run) / "last" / "model.safetensors") for run in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val"] for r in rows("straight", "val")] == [r["val"] for r in rows("resumed", "val")]
+    assert [r["loss"] for r in rows("straight", "loss")] == [r["loss"] for r in rows("resumed", "loss")]
+    # these options define the run: resuming with other values is refused
+    with pytest.raises(UserError, match="augment 'light' -> 'none'"):
+        fit(resume_config("resumed", augment="none", max_steps=8))
