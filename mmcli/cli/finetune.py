@@ -62,6 +62,7 @@ def finetune(
     lr: o.Lr = 3e-4,
     warmup_steps: o.WarmupSteps = 100,
     label_smoothing: o.LabelSmoothing = 0.0,
+    vocab_size: o.VocabSize = None,
     group_captions: Annotated[bool, typer.Option(
         "--group-captions/--no-group-captions",
         help="caption: one batch item per image with all its captions, the image encoded once for all of them "
@@ -87,7 +88,7 @@ def finetune(
         resume, task=task, data=data, model=model, init=init,
         out=out or Path("runs") / f"{task.value}-{datetime.now():%Y%m%d-%H%M%S}", preset=preset, fusion=fusion,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        warmup_steps=warmup_steps, label_smoothing=label_smoothing, group_captions=group_captions,
+        warmup_steps=warmup_steps, label_smoothing=label_smoothing, vocab_size=vocab_size, group_captions=group_captions,
         augment=augment, image_cache=image_cache, beam=beam, precision=precision, seed=seed,
         deterministic=deterministic, eval_every=eval_every, patience=patience, workers=workers, device=device,
         strict=strict, test=test,

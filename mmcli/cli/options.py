@@ -65,6 +65,9 @@ AugmentOpt = Annotated[Augment, typer.Option(
     "--augment", help="Training images: none (the eval resize and center crop) or light (a random-resized crop of "
     "50-100% of the area and a horizontal flip; the flip makes 'left' and 'right' in captions and questions "
     "wrong). Validation and test always see the eval transform.")]
+VocabSize = Annotated[Optional[int], typer.Option(
+    min=16, help="Upper bound of the SentencePiece vocabulary trained on the training text (fewer pieces when "
+    "the text has fewer). Ignored with --init (the init run's tokenizer).  \\[default: 8000]", show_default=False)]
 LabelSmoothing = Annotated[float, typer.Option(
     min=0.0, help="Label smoothing F of the captioning (LM) loss: the target is 1-F on the true token plus F spread "
     "over the vocabulary; 0 = plain cross-entropy.")]

@@ -60,6 +60,7 @@ def pretrain(
     lr: o.Lr = 3e-4,
     warmup_steps: o.WarmupSteps = 100,
     label_smoothing: o.LabelSmoothing = 0.0,
+    vocab_size: o.VocabSize = None,
     augment: o.AugmentOpt = o.Augment.none,
     image_cache: o.ImageCacheOpt = False,
     beam: o.Beam = 1,
@@ -78,7 +79,7 @@ def pretrain(
         resume, task="pretrain", data=data, objectives=objectives, init=init, model=o.model_overrides(model),
         out=out or Path("runs") / f"pretrain-{datetime.now():%Y%m%d-%H%M%S}", preset=preset, fusion=fusion,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        warmup_steps=warmup_steps, label_smoothing=label_smoothing, augment=augment, image_cache=image_cache,
+        warmup_steps=warmup_steps, label_smoothing=label_smoothing, vocab_size=vocab_size, augment=augment, image_cache=image_cache,
         beam=beam, precision=precision, seed=seed, deterministic=deterministic,
         eval_every=eval_every, patience=patience, workers=workers, device=device, strict=strict, test=test,
     )
