@@ -771,17 +771,18 @@ def caption_loss(model, batch, s: Session, label_smoothing: float = 0.0) -> torc
     ``group_captions``) encodes each image once and gives its tokens to each of its captions."""
     with s.autocast():
         img = model.encode_image(batch.images)  # (B_img, N, D)
-    if batch.text_image is not None:
-        img = img.index_select(0, batch.text_image)  # (B_t, N, D): each caption row's image tokens
-    return _lm_part(model, img, batch, s, label_smoothing)
+    # grouped: caption row i shows image row text_image[i] (its keys and values are projected once)
+    return _lm_part(model, img, batch, s, label_smoothing, img_index=batch.text_image)
 
 
-def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float = 0.0) -> torch.Tensor:
-    """The LM loss of the batch's captions given image tokens (B, N, D) already encoded."""
+def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float = 0.0,
+             img_index: torch.Tensor | None = None) -> torch.Tensor:
+    """The LM loss of the batch's captions given image tokens already encoded: (B, N, D), or one
+    row per image with ``img_index`` mapping caption rows to image rows."""
     from .losses import lm_loss
 
     with s.autocast():
-        logits = model.lm_logits(None, batch.text, img=img)
+        logits = model.lm_logits(None, batch.text, img=img, img_index=img_index)
     # a mean over this rank's predicted tokens (grouped or not: every caption's tokens count alike);
     # under torchrun, times its share of the global batch's
     loss = lm_loss(logits.float(), batch.text, batch.text_len, label_smoothing=label_smoothing)
@@ -805,8 +806,8 @@ def vqa_batch_logits(model, batch) -> torch.Tensor:
         return model.vqa_logits(batch.images, batch.text, batch.text_len)
     if model.vqa_head is None:
         raise ValueError("this model has no VQA head (n_answers = 0)")
-    img = model.encode_image(batch.images).index_select(0, batch.text_image)  # (B_q, N, D)
-    return model.vqa_head(model.understand(img, batch.text, batch.text_len))
+    img = model.encode_image(batch.images)  # (B_img, N, D): question row i asks about row text_image[i]
+    return model.vqa_head(model.understand(img, batch.text, batch.text_len, img_index=batch.text_image))
 
 
 def retrieval_loss(model, batch, s: Session) -> torch.Tensor:

@@ -53,3 +53,15 @@ def write(path: str | os.PathLike, text: str) -> Path:
     p = Path(path)
     p.write_text(text, encoding="utf-8")
     return p
+
+
+@pytest.fixture
+def one_thread():
+    """Training tests run torch on one thread: two threads on a shared 2-core machine are much
+    slower than one, and it keeps runs comparable."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

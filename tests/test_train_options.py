@@ -22,13 +22,7 @@ DATA = "shapes:40:32"  # 32 train, 4 val, 4 test images
 CACHED = "shapes:40:67"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on a shared 2-core machine are much slower than one (and this keeps runs comparable)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw) -> TrainConfig:

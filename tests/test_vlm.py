@@ -183,3 +183,21 @@ def test_vit_backbone_in_the_full_model():
     with torch.no_grad():
         assert model.lm_logits(images, ids).shape == (2, 5, 50)
         assert len(generate.greedy(model, images, bos_id=2, eos_id=3, max_len=4)) == 2
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_img_index_equals_repeating_the_image_rows(fusion):
+    """Texts sharing images: passing each image once with img_index gives what repeating its
+    tokens per text gives (cross-attention then projects each image's keys and values once)."""
+    model = tiny(fusion)
+    images, ids, lengths = batch(B=3)
+    index = torch.tensor([1, 0, 1])  # text row -> image row
+    with torch.no_grad():
+        img = model.encode_image(images[:2])  # two images for three texts
+        shared = model.understand(img, ids, lengths, img_index=index)
+        repeated = model.understand(img.index_select(0, index), ids, lengths)
+        assert torch.allclose(shared, repeated, atol=1e-6)
+        if fusion != "late":
+            a = model.lm_logits(None, ids, img=img, img_index=index)
+            b = model.lm_logits(None, ids, img=img.index_select(0, index))
+            assert torch.allclose(a, b, atol=1e-5)

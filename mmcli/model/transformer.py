@@ -217,6 +217,7 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
         cache: LayerCache | None = None,
+        context_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D).
 
@@ -224,6 +225,10 @@ class Attention(nn.Module):
         and values are appended and the queries attend to every cached position.
         Cross-attention with a cache: the context's keys and values are computed
         on the first call and reused afterwards (context may then be None).
+        ``context_index`` (B,) int64: row i of x attends to context row
+        ``context_index[i]`` (context then has its own batch size, e.g. each image
+        once for several captions or questions): the keys and values are computed
+        once per context row and gathered, not once per row of x.
         """
         b, t, d = x.shape
         if self.cross:
@@ -234,6 +239,8 @@ class Attention(nn.Module):
                 if context is None:
                     raise ValueError("cross-attention needs a context (or a filled cache)")
                 k, v = self.context_kv(context)
+                if context_index is not None:
+                    k, v = k.index_select(0, context_index), v.index_select(0, context_index)
                 if cache is not None:
                     cache.k, cache.v = k, v
         else:
@@ -286,15 +293,18 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         is_causal: bool = False,
         cache: BlockCache | None = None,
+        context_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, D), context (B, Tk, D) for cross-attention -> (B, T, D).
 
         ``mask`` and ``is_causal`` apply to the self-attention; cross-attention
-        sees the whole context.
+        sees the whole context (row ``context_index[i]`` of it, when given; see
+        :meth:`Attention.forward`).
         """
         self_cache = cache.self_attn if cache is not None else None
         x = x + self.self_attn(self.norm_self(x), mask=mask, is_causal=is_causal, cache=self_cache)
         if self.cross_attn is not None:
             cross_cache = cache.cross_attn if cache is not None else None
-            x = x + self.cross_attn(self.norm_cross(x), context=context, cache=cross_cache)
+            x = x + self.cross_attn(self.norm_cross(x), context=context, cache=cross_cache,
+                                    context_index=context_index)
         return x + self.mlp(self.norm_mlp(x))

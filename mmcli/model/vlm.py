@@ -141,8 +141,14 @@ class VLM(nn.Module):
         return self.text_norm((txt * valid).sum(1) / valid.sum(1).clamp(min=1))
 
     # ------------------------------------------------------------------ fusion
-    def fuse(self, txt: torch.Tensor, img: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -> torch.Tensor:
-        """Text features (B, T, D) fused with image tokens (B, N, D) -> (B, T, D)."""
+    def fuse(self, txt: torch.Tensor, img: torch.Tensor, lengths: torch.Tensor | None, causal: bool,
+             img_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Text features (B, T, D) fused with image tokens (B, N, D) -> (B, T, D).
+
+        ``img_index`` (B,) int64: text row i belongs to image row ``img_index[i]`` of ``img``
+        (each image once for all its captions or questions); cross-attention then projects each
+        image's keys and values once.
+        """
         if self.cfg.fusion == "late":
             raise ValueError("late fusion has no token-level fusion")
         B, T, _ = txt.shape
@@ -150,8 +156,10 @@ class VLM(nn.Module):
             mask = None if causal else _key_mask(lengths, T)
             x = txt
             for blk in self.fusion_blocks:
-                x = blk(x, context=img, mask=mask, is_causal=causal)
+                x = blk(x, context=img, mask=mask, is_causal=causal, context_index=img_index)
             return self.fusion_norm(x)
+        if img_index is not None:  # concat: the image positions are part of each row's sequence
+            img = img.index_select(0, img_index)
         N = img.shape[1]
         x = torch.cat([img + self.modality[0], txt + self.modality[1]], dim=1)  # (B, N+T, D)
         mask = _concat_mask(N, T, lengths, causal, txt.device)  # (B|1, 1, N+T, N+T)
@@ -161,20 +169,25 @@ class VLM(nn.Module):
 
     # ------------------------------------------------------------------ tasks
     def lm_logits(self, images: torch.Tensor | None, ids: torch.Tensor,
-                  img: torch.Tensor | None = None) -> torch.Tensor:
+                  img: torch.Tensor | None = None, img_index: torch.Tensor | None = None) -> torch.Tensor:
         """Captioning: (B, T) ids -> next-token logits (B, T, V), causal. ``img``: the image tokens
-        (B, N, D) when already encoded (pretraining shares them between objectives); then ``images`` is unused."""
+        when already encoded (pretraining shares them between objectives); then ``images`` is unused.
+        ``img_index``: caption row i shows image row ``img_index[i]`` (see :meth:`fuse`)."""
         img = self.encode_image(images) if img is None else img
-        h = self.fuse(self.encode_text(ids, None, causal=True), img, None, causal=True)
+        h = self.fuse(self.encode_text(ids, None, causal=True), img, None, causal=True, img_index=img_index)
         return self.lm_head(h)
 
-    def understand(self, img: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Image tokens + question/caption -> one fused vector (B, D) for the VQA and ITM heads."""
+    def understand(self, img: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+                   img_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Image tokens + question/caption -> one fused vector (B, D) for the VQA and ITM heads
+        (``img_index``: text row i asks about image row ``img_index[i]``; see :meth:`fuse`)."""
         txt = self.encode_text(ids, lengths, causal=False)
         if self.cfg.fusion == "late":
             i, t = self.image_embedding(img), self.text_embedding(txt, lengths)
+            if img_index is not None:
+                i = i.index_select(0, img_index)  # pooled once per image
             return self.late(torch.cat([i, t, i * t], dim=-1))
-        return self.fuse(txt, img, lengths, causal=False)[:, 0]  # the first (<cls>) position
+        return self.fuse(txt, img, lengths, causal=False, img_index=img_index)[:, 0]  # the first (<cls>) position
 
     def vqa_logits(self, images: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, n_answers) answer logits."""
