@@ -65,3 +65,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def stop_and_resume(make_cfg, stop_at: int, **kw):
+    """Train run "straight" to the end; train run "resumed" with a stop request after step
+    ``stop_at`` (checked: exit 130, status interrupted), then resume it to the end. Returns the
+    resumed run's FitResult; the callers compare the two runs."""
+    import json
+
+    from mmcli.train import fit, request_stop, resume_config
+
+    fit(make_cfg(out="straight", **kw))
+
+    def stop(step, loss):
+        if step == stop_at:
+            request_stop()
+
+    stopped = fit(make_cfg(out="resumed", **kw), on_step=stop)
+    assert stopped.exit_code == 130 and stopped.steps == stop_at
+    assert json.loads(Path("resumed/config.json").read_text())["status"] == "interrupted"
+    return fit(resume_config("resumed"))

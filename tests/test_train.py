@@ -15,6 +15,7 @@ import torch
 
 from mmcli import train
 from mmcli.errors import UserError
+from conftest import stop_and_resume
 from mmcli.train import TrainConfig, fit, request_stop, resume_config
 
 DATA = "shapes:40:32"  # 32 train, 4 val, 4 test images
@@ -59,16 +60,7 @@ def test_loss_goes_down(task, fusion):
 def test_resume_is_bit_identical():
     """Stop at step 5 (mid-epoch), resume to 14 (past an epoch end and two validations)."""
     kw = dict(task="retrieval", fusion="concat", batch_size=16, max_steps=14, eval_every=4, deterministic=True)
-    fit(cfg(out="straight", **kw))
-
-    def stop_at_5(step, loss):
-        if step == 5:
-            request_stop()
-
-    stopped = fit(cfg(out="resumed", **kw), on_step=stop_at_5)
-    assert stopped.exit_code == 130 and stopped.steps == 5
-    assert json.loads(Path("resumed/config.json").read_text())["status"] == "interrupted"
-    result = fit(resume_config("resumed"))
+    result = stop_and_resume(cfg, 5, **kw)
     assert result.steps == 14
     a, b = weights("straight"), weights("resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from mmcli import train
 from mmcli.errors import UserError
+from conftest import stop_and_resume
 from mmcli.train import TrainConfig, fit, request_stop, resume_config
 
 DATA = "shapes:40:32"  # 32 train, 4 val, 4 test images
@@ -260,15 +261,7 @@ def test_resume_with_the_recipe_options_is_bit_identical():
     """Stop at step 5 (mid-epoch), resume to 7 (past an epoch end and two validations, beam search)."""
     kw = dict(fusion="cross", group_captions=True, augment="light", label_smoothing=0.1, image_cache=True,
               model={"dropout": 0.1}, beam=2, max_steps=7, eval_every=3, deterministic=True)
-    fit(cfg(out="straight", **kw))
-
-    def stop_at_5(step, loss):
-        if step == 5:
-            request_stop()
-
-    stopped = fit(cfg(out="resumed", **kw), on_step=stop_at_5)
-    assert stopped.exit_code == 130 and stopped.steps == 5
-    result = fit(resume_config("resumed"))
+    result = stop_and_resume(cfg, 5, **kw)
     assert result.steps == 7
     from safetensors.torch import load_file
 
