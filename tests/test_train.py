@@ -16,7 +16,7 @@ import torch
 from mmcli import train
 from mmcli.errors import UserError
 from conftest import stop_and_resume
-from mmcli.train import TrainConfig, fit, request_stop, resume_config
+from mmcli.train import TrainConfig, fit
 
 DATA = "shapes:40:32"  # 32 train, 4 val, 4 test images
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from mmcli import train
 from mmcli.errors import UserError
 from conftest import stop_and_resume
-from mmcli.train import TrainConfig, fit, request_stop, resume_config
+from mmcli.train import TrainConfig, fit, resume_config
 
 DATA = "shapes:40:32"  # 32 train, 4 val, 4 test images
 # images already at the tiny preset's cache side (64 px / crop_pct 0.95 = 67): caching them resizes nothing
