@@ -272,3 +272,55 @@ def test_resume_with_the_recipe_options_is_bit_identical():
     # these options define the run: resuming with other values is refused
     with pytest.raises(UserError, match="augment 'light' -> 'none'"):
         fit(resume_config("resumed", augment="none", max_steps=8))
+
+
+# ---------------------------------------------------------------------------- the easy-VQA recipe
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """`mmcli finetune` builds its TrainConfig but trains nothing: the config lands in the list."""
+    from mmcli.cli import options
+
+    got = []
+    monkeypatch.setattr(options, "run_training", lambda cfg, command: got.append(cfg))
+    return got
+
+
+def test_easyvqa_recipe_fills_what_the_user_left_out(run_cli, captured):
+    code, out, err = run_cli("finetune", "--task", "vqa", "--out", "a")
+    assert code == 0, err
+    c = captured[-1]
+    assert (c.data, c.fusion, c.batch_size, c.max_steps, c.eval_every) == ("easyvqa", "late", 16, 850, 425)
+    assert c.model == {"image_size": 64, "drop_stages": 2, "text_layers": 1}
+    assert ("easy-VQA defaults of the small preset: --fusion late --batch-size 16 --max-steps 850 "
+            "--eval-every 425 --model drop_stages=2,text_layers=1") in err and err.count("\n") == 1
+
+    # every option given wins, and the note names only the defaults taken
+    code, out, err = run_cli("finetune", "--task", "vqa", "--fusion", "cross", "--batch-size", "8", "--epochs", "2",
+                             "--model", "text_layers=2,dropout=0.1", "--out", "b")
+    assert code == 0, err
+    c = captured[-1]
+    assert (c.fusion, c.batch_size, c.max_steps, c.epochs, c.eval_every) == ("cross", 8, None, 2, 0)
+    assert c.model == {"image_size": 64, "drop_stages": 2, "text_layers": 2, "dropout": 0.1}
+    assert "--fusion" not in err and "--max-steps" not in err and "--model drop_stages=2,text_layers=1" in err
+
+
+@pytest.mark.parametrize("args", [
+    ("--preset", "tiny"),  # the recipe is the small preset's
+    ("--data", "shapes:100"),  # and easy-VQA's
+])
+def test_easyvqa_recipe_only_for_its_data_and_preset(run_cli, captured, args):
+    code, out, err = run_cli("finetune", "--task", "vqa", *args, "--out", "c")
+    assert code == 0, err
+    c = captured[-1]
+    assert (c.fusion, c.batch_size, c.max_steps) == (None, 32, None) and "defaults" not in err
+    assert "drop_stages" not in c.model
+
+
+def test_easyvqa_recipe_with_init_keeps_the_init_model(run_cli, captured):
+    code, out, err = run_cli("finetune", "--task", "vqa", "--init", "somewhere", "--out", "d")
+    assert code == 0, err
+    c = captured[-1]
+    assert (c.fusion, c.model, c.batch_size, c.max_steps) == (None, {}, 16, 850)
+    assert "--fusion" not in err and "--model" not in err

@@ -50,7 +50,8 @@ Out = Annotated[Optional[Path], typer.Option(
 PresetOpt = Annotated[Preset, typer.Option(
     "--preset", help="Model size; ignored with --init (the init run's model is used).")]
 FusionOpt = Annotated[Optional[Fusion], typer.Option(
-    "--fusion", help="late | concat | cross; with --init it must be the init run's.  \\[default: the preset's, cross]",
+    "--fusion", help="late | concat | cross; with --init it must be the init run's.  \\[default: the preset's, cross; "
+    "late for easy-VQA with the small preset]",
     show_default=False)]
 Init = Annotated[Optional[Path], typer.Option(
     help="Start from this run's weights and tokenizer (RUN/best, else RUN/last, or a checkpoint directory); "
