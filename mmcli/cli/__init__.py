@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import UserError
 from . import data as _data
 from . import finetune as _finetune
+from . import infer as _infer
 from . import pretrain as _pretrain
 from . import score as _score
 
@@ -57,6 +58,8 @@ def _root(
 app.command("score", help=_score.HELP, epilog=_score.EPILOG, short_help=_score.SHORT)(_score.score)
 app.command("pretrain", help=_pretrain.HELP, epilog=_pretrain.EPILOG, short_help=_pretrain.SHORT)(_pretrain.pretrain)
 app.command("finetune", help=_finetune.HELP, epilog=_finetune.EPILOG, short_help=_finetune.SHORT)(_finetune.finetune)
+app.command("caption", help=_infer.CAPTION_HELP, epilog=_infer.CAPTION_EPILOG, short_help=_infer.CAPTION_SHORT)(_infer.caption)
+app.command("vqa", help=_infer.VQA_HELP, epilog=_infer.VQA_EPILOG, short_help=_infer.VQA_SHORT)(_infer.vqa)
 app.add_typer(_data.app, name="data", short_help="Look at a dataset (counts, answers, blind baselines) or write the synthetic one.")
 
 

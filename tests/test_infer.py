@@ -1,0 +1,119 @@
+"""`mmcli caption`, `mmcli vqa` and the Python API (`mmcli.load`) on tiny models trained here on shapes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import mmcli
+from mmcli.train import TrainConfig, fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """The shapes set written as files, and a tiny caption run and a tiny VQA run trained on it."""
+    from mmcli.cli import main
+
+    root = tmp_path_factory.mktemp("infer")
+    assert main(["data", "shapes", "--out", str(root / "shapes"), "--n", "80", "--size", "64"]) == 0
+    torch.set_num_threads(1)
+    common = dict(preset="tiny", batch_size=16, lr=3e-3, warmup_steps=5, vocab_size=400, max_text_len=24,
+                  log_every=10, test=False)
+    fit(TrainConfig(task="caption", data=f"jsonl:{root}/shapes/captions.jsonl", out=str(root / "cap"),
+                    max_steps=40, eval_every=40, **common))
+    fit(TrainConfig(task="vqa", data=f"jsonl:{root}/shapes/questions.jsonl", out=str(root / "vqa"),
+                    max_steps=60, eval_every=60, **common))
+    return {"root": root, "images": root / "shapes" / "images", "cap": root / "cap", "vqa": root / "vqa"}
+
+
+def test_caption_a_folder_skips_a_bad_file(trained, run_cli, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted(trained["images"].iterdir())[:5]:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.png").write_bytes(b"not a png")
+    code, out, err = run_cli("caption", folder, "--model", trained["cap"])
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 5 and all(line.split("\t")[1].strip() for line in lines)
+    assert "skipping" in err and "broken.png" in err and "1 skipped" in err
+    code, out, err = run_cli("caption", folder, "--model", trained["cap"], "--strict")
+    assert code == 2 and "broken.png" in err and err.count("\n") == 1
+
+
+def test_caption_jsonl_scores_and_batches_match_single_images(trained, run_cli, tmp_path):
+    images = sorted(trained["images"].iterdir())[:6]
+    code, out, err = run_cli("caption", *images, "--model", trained["cap"], "--batch-size", "4",
+                             "--jsonl", tmp_path / "preds.jsonl")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in rows] == [p.stem for p in images]
+    # the batch gives each image the caption it gets alone
+    model = mmcli.load(trained["cap"])
+    assert [r["caption"] for r in rows] == [model.caption(p) for p in images]
+    assert model.caption(images[:2], beam=2) == [model.caption(p, beam=2) for p in images[:2]]
+    # the references of those images, and `mmcli score` reads the predictions as they are
+    refs = [json.loads(line) for line in (trained["root"] / "shapes" / "captions.jsonl").read_text().splitlines()]
+    keep = {p.stem for p in images}
+    (tmp_path / "refs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs if r["image_id"] in keep))
+    code, out, err = run_cli("score", tmp_path / "preds.jsonl", tmp_path / "refs.jsonl", "--json")
+    assert code == 0, err
+    assert 0 <= json.loads(out)["scores"]["cider_d"]
+
+
+def test_vqa_one_question_and_a_batch_that_scores(trained, run_cli, tmp_path):
+    image = sorted(trained["images"].iterdir())[0]
+    code, out, err = run_cli("vqa", image, "how many shapes are there?", "--model", trained["vqa"], "--json",
+                             "--top-k", "3")
+    assert code == 0, err
+    got = json.loads(out)
+    assert len(got["answers"]) == 3 and got["answers"][0]["score"] >= got["answers"][1]["score"]
+
+    questions = trained["root"] / "shapes" / "questions.jsonl"
+    code, out, err = run_cli("vqa", "--questions", questions, "--model", trained["vqa"], "--out", tmp_path / "a.json")
+    assert code == 0, err
+    results = json.loads((tmp_path / "a.json").read_text())
+    n = len(questions.read_text().splitlines())
+    assert len(results) == n and {"question_id", "answer"} <= set(results[0])
+    code, out, err = run_cli("score", tmp_path / "a.json", questions, "--task", "vqa", "--json")
+    assert code == 0, err
+    # trained on these very questions: above always giving the most common answer
+    from collections import Counter
+
+    answers = [json.loads(line)["answers"][0] for line in questions.read_text().splitlines()]
+    majority = 100 * Counter(answers).most_common(1)[0][1] / len(answers)
+    assert json.loads(out)["scores"]["vqa_accuracy"] > majority + 5
+
+
+def test_api_answers_and_embeddings(trained):
+    model = mmcli.load(trained["vqa"])
+    image = sorted(trained["images"].iterdir())[0]
+    top = model.answer(image, "how many shapes are there?", top_k=4)
+    assert len(top) == 4 and all(0 <= p <= 1 for _, p in top)
+    batch = model.answer_batch([image, image], ["how many shapes are there?", "how many shapes are there?"], 4)
+    assert batch[0] == batch[1] and [a for a, _ in batch[0]] == [a for a, _ in top]
+    e = model.embed_images([image, image])
+    t = model.embed_texts(["a red circle", "two shapes"])
+    assert e.shape == (2, model.config.embed_dim) == t.shape
+    assert torch.allclose(e.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("vqa", "IMG", "what?", "--model", "nowhere"), "nowhere: no such model directory"),
+    (("vqa", "IMG", "what?", "--model", "CAP"), "has no VQA head"),
+    (("vqa", "missing.png", "what?", "--model", "VQA"), "missing.png: no such image file"),
+    (("vqa", "IMG", "  ", "--model", "VQA"), "the question is empty"),
+    (("caption", "missing.png", "--model", "CAP"), "missing.png: no such image file or folder"),
+    (("caption", "IMG", "--model", "CAP", "--beam", "2", "--sample"), "--sample and --beam"),
+])
+def test_errors_are_one_line(trained, run_cli, args, message):
+    image = sorted(trained["images"].iterdir())[0]
+    subst = {"IMG": image, "CAP": trained["cap"], "VQA": trained["vqa"]}
+    code, out, err = run_cli(*[subst.get(a, a) for a in args])
+    assert code == 2 and message in err and err.count("\n") == 1, err
