@@ -213,14 +213,17 @@ def vqa(
                           "answers": [{"answer": a, "score": round(p, 6)} for a, p in answers]}))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{image}: {question}", title_justify="left")
+    t = Table()
     t.add_column("answer")
     t.add_column("score", justify="right")
     for a, p in answers:
         t.add_row(a, f"{p:.4f}")
-    Console().print(t)
+    console = Console()
+    console.print(f"{escape(question)}  [dim]({escape(str(image))})[/dim]", highlight=False, soft_wrap=True)
+    console.print(t)
 
 
 def read_questions(path: Path, images: Path | None) -> list[dict]:
