@@ -115,6 +115,14 @@ class Model:
                        top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0,
                        seed: int | None = None) -> list[str]:
         """:meth:`caption` of an already transformed batch (B, 3, S, S) (:meth:`images_tensor`)."""
+        ids = self.caption_ids(batch, beam, max_len, sample, top_k, top_p, temperature, seed)
+        return [self.tokenizer.decode(row) for row in ids]
+
+    @torch.no_grad()
+    def caption_ids(self, batch: torch.Tensor, beam: int = 1, max_len: int | None = None, sample: bool = False,
+                    top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0,
+                    seed: int | None = None) -> list[list[int]]:
+        """The generated token ids of each image of a transformed batch (no <s>, no </s>)."""
         from .model.generate import beam_search, greedy
         from .model.generate import sample as draw
 
@@ -124,13 +132,11 @@ class Model:
         tok, n = self.tokenizer, (max_len or self.max_text_len - 1)
         if sample:
             g = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-            out = draw(self.vlm, batch, tok.bos_id, tok.eos_id, n, top_k=top_k, top_p=top_p,
-                       temperature=temperature, generator=g)
-        elif beam > 1:
-            out = beam_search(self.vlm, batch, tok.bos_id, tok.eos_id, n, beam=beam)
-        else:
-            out = greedy(self.vlm, batch, tok.bos_id, tok.eos_id, n)
-        return [tok.decode(ids) for ids in out]
+            return draw(self.vlm, batch, tok.bos_id, tok.eos_id, n, top_k=top_k, top_p=top_p,
+                        temperature=temperature, generator=g)
+        if beam > 1:
+            return beam_search(self.vlm, batch, tok.bos_id, tok.eos_id, n, beam=beam)
+        return greedy(self.vlm, batch, tok.bos_id, tok.eos_id, n)
 
     @torch.no_grad()
     def answer(self, image: ImageLike, question: str, top_k: int = 5) -> list[tuple[str, float]]:

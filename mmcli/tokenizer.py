@@ -170,6 +170,20 @@ class Tokenizer:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
         return self._sp.decode([i for i in ids if i not in self._skip])
 
+    def words(self, ids: Iterable[int]) -> list[tuple[str, list[int]]]:
+        """The words of ``ids`` (special ids skipped), each with the positions in ``ids`` of its pieces:
+        a piece that starts with SentencePiece's word mark begins a new word."""
+        out: list[tuple[str, list[int]]] = []
+        for pos, i in enumerate(int(i) for i in ids):
+            if i in self._skip:
+                continue
+            piece = self._sp.id_to_piece(i)
+            if piece.startswith("\u2581") or not out:
+                out.append(([], []))  # type: ignore[arg-type]
+            out[-1][0].append(i)
+            out[-1][1].append(pos)
+        return [(self._sp.decode(pieces).strip(), where) for pieces, where in out if self._sp.decode(pieces).strip()]
+
     def encode_batch(self, texts: Iterable[str], max_len: int, bos: bool = False, eos: bool = False,
                      pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Encode, truncate to ``max_len`` tokens and right-pad with ``pad_id``.

@@ -29,7 +29,12 @@ def trained(tmp_path_factory) -> dict[str, Path]:
                     max_steps=40, eval_every=40, **common))
     fit(TrainConfig(task="vqa", data=f"jsonl:{root}/shapes/questions.jsonl", out=str(root / "vqa"),
                     max_steps=60, eval_every=60, **common))
-    return {"root": root, "images": root / "shapes" / "images", "cap": root / "cap", "vqa": root / "vqa"}
+    fit(TrainConfig(task="vqa", data=f"jsonl:{root}/shapes/questions.jsonl", out=str(root / "late"), fusion="late",
+                    max_steps=4, eval_every=4, **common))
+    fit(TrainConfig(task="caption", data=f"jsonl:{root}/shapes/captions.jsonl", out=str(root / "concat"),
+                    fusion="concat", max_steps=10, eval_every=10, **common))
+    return {"root": root, "images": root / "shapes" / "images", "cap": root / "cap", "vqa": root / "vqa",
+            "late": root / "late", "concat": root / "concat"}
 
 
 def test_caption_a_folder_skips_a_bad_file(trained, run_cli, tmp_path):
@@ -111,9 +116,41 @@ def test_api_answers_and_embeddings(trained):
     (("vqa", "IMG", "  ", "--model", "VQA"), "the question is empty"),
     (("caption", "missing.png", "--model", "CAP"), "missing.png: no such image file or folder"),
     (("caption", "IMG", "--model", "CAP", "--beam", "2", "--sample"), "--sample and --beam"),
+    (("vqa", "IMG", "what?", "--model", "LATE", "--explain", "x.png"), "late fusion has no attention to show"),
+    (("caption", "IMG", "IMG2", "--model", "CAP", "--explain", "x.png"), "--explain draws one image's caption"),
 ])
 def test_errors_are_one_line(trained, run_cli, args, message):
     image = sorted(trained["images"].iterdir())[0]
-    subst = {"IMG": image, "CAP": trained["cap"], "VQA": trained["vqa"]}
+    subst = {"IMG": image, "IMG2": sorted(trained["images"].iterdir())[1], "CAP": trained["cap"],
+             "VQA": trained["vqa"], "LATE": trained["late"]}
     code, out, err = run_cli(*[subst.get(a, a) for a in args])
     assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("run", ["cap", "concat"])
+def test_explain_caption_draws_one_panel_per_word(trained, run_cli, tmp_path, run):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    image = sorted(trained["images"].iterdir())[2]
+    code, out, err = run_cli("caption", image, "--model", trained[run], "--explain", tmp_path / "att.png")
+    assert code == 0, err
+    words = out.strip().split("\t")[1].split()
+    assert words == mmcli.load(trained[run]).caption(image).split()
+    png = Image.open(tmp_path / "att.png")
+    assert json.loads(png.info["mmcli-panels"]) == words and f"({len(words)} panels" in err
+
+
+def test_explain_maps_are_distributions_over_the_image(trained, tmp_path):
+    from mmcli.explain import caption_attention, vqa_attention
+
+    image = sorted(trained["images"].iterdir())[3]
+    for run in ("cap", "concat"):
+        words, maps = caption_attention(mmcli.load(trained[run]), image)
+        assert maps.shape[0] == len(words) > 0
+        assert torch.allclose(maps.flatten(1).sum(-1), torch.ones(len(words)), atol=1e-4)
+    model = mmcli.load(trained["vqa"])
+    answer, maps = vqa_attention(model, image, "how many shapes are there?")
+    assert answer == model.answer(image, "how many shapes are there?", top_k=1)[0][0]
+    side = int(model.vlm.vision.num_tokens ** 0.5)
+    assert maps.shape == (1, side, side) and abs(float(maps.sum()) - 1) < 1e-4

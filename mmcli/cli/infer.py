@@ -18,6 +18,10 @@ ModelDir = Annotated[Path, typer.Option(
     show_default=False, file_okay=False)]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+Explain = Annotated[Optional[Path], typer.Option(
+    "--explain", metavar="OUT.png", help="Draw where the model looked: a grid of panels, the image under the "
+    "attention over it for each generated word (caption) or for the answer (vqa); not for late fusion.",
+    show_default=False, dir_okay=False)]
 Strict = Annotated[bool, typer.Option(help="Stop at the first unreadable image instead of skipping it with a warning.")]
 
 CAPTION_SHORT = "Caption images with a trained run: plain lines, JSON, or a COCO results file for `mmcli score`."
@@ -132,6 +136,7 @@ def caption(
     jsonl: Annotated[Optional[Path], typer.Option(help="Write COCO results rows {image_id, caption} to this JSONL file.",
                                                   show_default=False, dir_okay=False)] = None,
     batch_size: BatchSize = 32,
+    explain: Explain = None,
     strict: Strict = False,
     device: Device = "auto",
 ) -> None:
@@ -141,7 +146,18 @@ def caption(
     if sample and beam > 1:
         raise UserError("--sample and --beam are two decoders; choose one")
     paths = expand_images(images)
+    if explain is not None and len(paths) != 1:
+        raise UserError(f"--explain draws one image's caption; {len(paths)} images were given")
     m = load(model, device)
+    if explain is not None:
+        from ..explain import caption_attention, draw_panels
+
+        words, maps = caption_attention(m, paths[0], beam=beam, max_len=max_len, sample=sample, top_k=top_k,
+                                        top_p=top_p, temperature=temperature, seed=seed)
+        n = draw_panels(paths[0], maps, words, explain, title=" ".join(words))
+        print(f"{paths[0]}\t{' '.join(words)}")
+        print(f"mmcli: wrote {explain} ({n} panels, one per word)", file=sys.stderr)
+        return
     results, skipped = [], 0
     with _progress(len(paths), "captioning") as advance:
         for i in range(0, len(paths), batch_size):
@@ -184,6 +200,7 @@ def vqa(
                                                 dir_okay=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answers as JSON.")] = False,
     batch_size: BatchSize = 32,
+    explain: Explain = None,
     strict: Strict = False,
     device: Device = "auto",
 ) -> None:
@@ -194,6 +211,8 @@ def vqa(
             raise UserError("give an IMAGE and a QUESTION, or --questions FILE, not both")
         if out is None:
             raise UserError("--questions needs --out RESULTS.json (the VQA results file to write)")
+        if explain is not None:
+            raise UserError("--explain draws one question about one image; leave out --questions")
         rows = read_questions(questions, images)
         m = load(model, device)
         _vqa_batch(m, rows, out, batch_size, strict)
@@ -208,6 +227,12 @@ def vqa(
     m = load(model, device)
     _, batch = _read_images(m, [image], strict=True)
     answers = m.answer_tensor(batch, [0], [question], top_k)[0]
+    if explain is not None:
+        from ..explain import draw_panels, vqa_attention
+
+        answer, maps = vqa_attention(m, image, question)
+        draw_panels(image, maps, [answer], explain, title=question)
+        print(f"mmcli: wrote {explain} (where the model looked for its answer)", file=sys.stderr)
     if as_json:
         print(json.dumps({"image": str(image), "question": question,
                           "answers": [{"answer": a, "score": round(p, 6)} for a, p in answers]}))

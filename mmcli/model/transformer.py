@@ -71,23 +71,32 @@ def attend(
     zeros with "sdpa" and the mean of v with "plain".
     """
     impl = impl or _default_impl
+    mask, is_causal = _with_causal(q, k, mask, is_causal, keep_fast_path=impl == "sdpa")
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+    if impl != "plain":
+        raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(ATTENTION_IMPLS)}")
+    return attention_probs(q, k, mask).to(v.dtype) @ v  # (B, H, Tq, Dh)
+
+
+def _with_causal(q, k, mask, is_causal: bool, keep_fast_path: bool):
+    """(mask, is_causal) with the causal rule folded into the mask where it must be."""
     tq, tk = q.shape[-2], k.shape[-2]
     if is_causal and tq == 1:
         # a single query is the newest position: it sees every key, no mask needed
         is_causal = False
-    if is_causal and (mask is not None or tq != tk or impl == "plain"):
+    if is_causal and (mask is not None or tq != tk or not keep_fast_path):
         # SDPA's own is_causal is top-left aligned and cannot be combined with a
         # mask, so build the small (Tq, Tk) mask here; SDPA keeps its fast path
         # (no mask tensor at all) for the common square, unmasked case
         causal = causal_mask(tq, tk, q.device)
         mask = causal if mask is None else mask & causal
         is_causal = False
+    return mask, is_causal
 
-    if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-    if impl != "plain":
-        raise ValueError(f"unknown attention impl {impl!r}; choose from {', '.join(ATTENTION_IMPLS)}")
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention weights (B, H, Tq, Tk), fp32, of q (B, H, Tq, Dh) over k (B, H, Tk, Dh)."""
     # scale q rather than the scores: Tq*Dh multiplications instead of Tq*Tk
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
     # softmax in fp32: bf16 has too few mantissa bits for a stable exp-normalise
@@ -96,8 +105,7 @@ def attend(
         # the most negative finite number, not -inf: a fully masked row then
         # gives a uniform distribution instead of NaN
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = scores.softmax(dim=-1).to(v.dtype)
-    return probs @ v  # (B, H, Tq, Dh)
+    return scores.softmax(dim=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -183,7 +191,13 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention, or cross-attention to a context (cross=True)."""
+    """Multi-head self-attention, or cross-attention to a context (cross=True).
+
+    ``record``: None, or a list to which every forward appends its attention weights
+    (B, H, Tq, Tk), detached (``mmcli.explain`` draws them; training never sets it).
+    """
+
+    record: list | None = None
 
     def __init__(self, dim: int, heads: int, cross: bool = False, dropout: float = 0.0):
         super().__init__()
@@ -247,6 +261,8 @@ class Attention(nn.Module):
             q, k, v = self._split(self.qkv(x), 3)
             if cache is not None:
                 k, v = cache.append(k, v)
+        if self.record is not None:
+            self.record.append(attention_probs(q, k, _with_causal(q, k, mask, is_causal, False)[0]).detach())
         out = attend(q, k, v, mask=mask, is_causal=is_causal)  # (B, H, T, Dh)
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D): heads side by side again
         return self.dropout(self.proj(out))
