@@ -33,8 +33,10 @@ def trained(tmp_path_factory) -> dict[str, Path]:
                     max_steps=4, eval_every=4, **common))
     fit(TrainConfig(task="caption", data=f"jsonl:{root}/shapes/captions.jsonl", out=str(root / "concat"),
                     fusion="concat", max_steps=10, eval_every=10, **common))
+    fit(TrainConfig(task="retrieval", data=f"jsonl:{root}/shapes/captions.jsonl", out=str(root / "ret"),
+                    max_steps=60, eval_every=60, **common))
     return {"root": root, "images": root / "shapes" / "images", "cap": root / "cap", "vqa": root / "vqa",
-            "late": root / "late", "concat": root / "concat"}
+            "late": root / "late", "concat": root / "concat", "ret": root / "ret"}
 
 
 def test_caption_a_folder_skips_a_bad_file(trained, run_cli, tmp_path):
@@ -118,11 +120,14 @@ def test_api_answers_and_embeddings(trained):
     (("caption", "IMG", "--model", "CAP", "--beam", "2", "--sample"), "--sample and --beam"),
     (("vqa", "IMG", "what?", "--model", "LATE", "--explain", "x.png"), "late fusion has no attention to show"),
     (("caption", "IMG", "IMG2", "--model", "CAP", "--explain", "x.png"), "--explain draws one image's caption"),
+    (("retrieve", "  ", "--images", "DIR", "--model", "RET"), "the query text is empty"),
+    (("retrieve", "dog", "--images", "nodir", "--model", "RET"), "nodir: no such image folder"),
+    (("retrieve", "dog", "--image", "IMG", "--images", "DIR", "--model", "RET"), "give one query"),
 ])
 def test_errors_are_one_line(trained, run_cli, args, message):
     image = sorted(trained["images"].iterdir())[0]
     subst = {"IMG": image, "IMG2": sorted(trained["images"].iterdir())[1], "CAP": trained["cap"],
-             "VQA": trained["vqa"], "LATE": trained["late"]}
+             "VQA": trained["vqa"], "LATE": trained["late"], "RET": trained["ret"], "DIR": trained["images"]}
     code, out, err = run_cli(*[subst.get(a, a) for a in args])
     assert code == 2 and message in err and err.count("\n") == 1, err
 
@@ -154,3 +159,79 @@ def test_explain_maps_are_distributions_over_the_image(trained, tmp_path):
     assert answer == model.answer(image, "how many shapes are there?", top_k=1)[0][0]
     side = int(model.vlm.vision.num_tokens ** 0.5)
     assert maps.shape == (1, side, side) and abs(float(maps.sum()) - 1) < 1e-4
+
+
+# ---------------------------------------------------------------------------- retrieve
+
+
+def test_retrieve_finds_the_captioned_image_and_scores(trained, run_cli, tmp_path):
+    folder = tmp_path / "imgs"
+    shutil.copytree(trained["images"], folder)
+    caps = trained["root"] / "shapes" / "captions.jsonl"
+    code, out, err = run_cli("retrieve", "--eval", caps, "--images", folder, "--model", trained["ret"],
+                             "--out", tmp_path / "ranking.json")
+    assert code == 0, err
+    code, out, err = run_cli("score", tmp_path / "ranking.json", tmp_path / "ranking.refs.json", "--task", "retrieval",
+                             "--json")
+    assert code == 0, err
+    scores = json.loads(out)["scores"]
+    n = len(list(folder.iterdir()))
+    # chance: R@10 = 10 / n (12.5% for 80 images)
+    assert scores["t2i_R@10"] > 3 * 100 * 10 / n, scores
+    # a text query: the top results are a ranked table of this folder's images
+    first = json.loads(caps.read_text().splitlines()[0])
+    code, out, err = run_cli("retrieve", first["captions"][0], "--images", folder, "--model", trained["ret"],
+                             "-k", "10", "--json", "--rerank", "5")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["rank"] for r in rows] == list(range(1, 11)) and all(Path(r["image"]).parent == folder for r in rows)
+    assert all(rows[i]["score"] >= rows[i + 1]["score"] for i in range(4))  # the re-ranked top 5
+
+
+def test_retrieve_index_is_reused_and_updated(trained, run_cli, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    src = sorted(trained["images"].iterdir())
+    for p in src[:6]:
+        shutil.copy(p, folder / p.name)
+    args = ("retrieve", "a red circle", "--images", folder, "--model", trained["ret"], "--json")
+    code, out, err = run_cli(*args)
+    assert code == 0 and "6 images (6 embedded, 0 reused, 0 removed)" in err, err
+    assert (tmp_path / "imgs.mmcli-index").is_file()
+    first = json.loads(out)
+    code, out, err = run_cli(*args)
+    assert "(0 embedded, 6 reused, 0 removed)" in err and json.loads(out) == first
+    shutil.copy(src[6], folder / src[6].name)  # adding an image embeds only that image
+    code, out, err = run_cli(*args)
+    assert "7 images (1 embedded, 6 reused, 0 removed)" in err
+    (folder / src[0].name).unlink()
+    code, out, err = run_cli(*args)
+    assert "6 images (0 embedded, 6 reused, 1 removed)" in err
+    # the same results as an index built from nothing
+    code, out2, err = run_cli(*args, "--index", tmp_path / "fresh.idx")
+    assert "(6 embedded, 0 reused" in err and json.loads(out2) == json.loads(out)
+
+
+def test_retrieve_by_image(trained, run_cli, tmp_path):
+    folder = trained["images"]
+    query = sorted(folder.iterdir())[5]
+    code, out, err = run_cli("retrieve", "--image", query, "--images", folder, "--model", trained["ret"], "--json",
+                             "--index", tmp_path / "i.idx")
+    assert code == 0, err
+    assert Path(json.loads(out)[0]["image"]).name == query.name  # the image itself comes first
+    code, out, err = run_cli("retrieve", "--image", query, "--images", folder, "--model", trained["ret"], "--json",
+                             "--index", tmp_path / "i.idx", "--captions", trained["root"] / "shapes" / "captions.jsonl")
+    assert code == 0, err
+    assert len(json.loads(out)) == 5 and {"caption", "image_id", "score"} <= set(json.loads(out)[0])
+
+
+def test_top_k_in_chunks_equals_one_product(monkeypatch):
+    from mmcli import search
+
+    g = torch.Generator().manual_seed(0)
+    keys = torch.nn.functional.normalize(torch.randn(1000, 16, generator=g), dim=-1)
+    q = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
+    whole = search.top_k(q, keys, 7)
+    monkeypatch.setattr(search, "CHUNK", 64)
+    chunked = search.top_k(q, keys, 7)
+    assert torch.equal(whole[1], chunked[1]) and torch.allclose(whole[0], chunked[0])

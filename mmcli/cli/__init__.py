@@ -19,6 +19,7 @@ from . import data as _data
 from . import finetune as _finetune
 from . import infer as _infer
 from . import pretrain as _pretrain
+from . import retrieve as _retrieve
 from . import score as _score
 
 try:  # typer >= 0.20 vendors click
@@ -60,6 +61,7 @@ app.command("pretrain", help=_pretrain.HELP, epilog=_pretrain.EPILOG, short_help
 app.command("finetune", help=_finetune.HELP, epilog=_finetune.EPILOG, short_help=_finetune.SHORT)(_finetune.finetune)
 app.command("caption", help=_infer.CAPTION_HELP, epilog=_infer.CAPTION_EPILOG, short_help=_infer.CAPTION_SHORT)(_infer.caption)
 app.command("vqa", help=_infer.VQA_HELP, epilog=_infer.VQA_EPILOG, short_help=_infer.VQA_SHORT)(_infer.vqa)
+app.command("retrieve", help=_retrieve.HELP, epilog=_retrieve.EPILOG, short_help=_retrieve.SHORT)(_retrieve.retrieve)
 app.add_typer(_data.app, name="data", short_help="Look at a dataset (counts, answers, blind baselines) or write the synthetic one.")
 
 
