@@ -235,3 +235,25 @@ def test_top_k_in_chunks_equals_one_product(monkeypatch):
     monkeypatch.setattr(search, "CHUNK", 64)
     chunked = search.top_k(q, keys, 7)
     assert torch.equal(whole[1], chunked[1]) and torch.allclose(whole[0], chunked[0])
+
+
+def test_read_questions_vqa2_json_finds_coco_file_names(tmp_path):
+    from mmcli.cli.infer import read_questions
+    from mmcli.errors import UserError
+
+    imgs = tmp_path / "val2014"
+    imgs.mkdir()
+    for i in (42, 7):
+        (imgs / f"COCO_val2014_{i:012d}.jpg").write_bytes(b"")
+    qfile = tmp_path / "q.json"
+    qfile.write_text(json.dumps({"questions": [{"question_id": 420, "image_id": 42, "question": "what is it?"},
+                                               {"question_id": 70, "image_id": 7, "question": "how many?"}]}))
+    rows = read_questions(qfile, imgs)
+    assert [(r["question_id"], r["image"].name) for r in rows] == [
+        (420, "COCO_val2014_000000000042.jpg"), (70, "COCO_val2014_000000000007.jpg")]
+    qfile.write_text(json.dumps({"questions": [{"question_id": 1, "image_id": 99, "question": "what?"}]}))
+    with pytest.raises(UserError, match="question 1: no image for image_id 99"):
+        read_questions(qfile, imgs)
+    qfile.write_text(json.dumps([{"question_id": 1, "image": "a.png", "question": " "}]))
+    with pytest.raises(UserError, match="the question is empty"):
+        read_questions(qfile, imgs)
