@@ -84,7 +84,7 @@ def folder_images(folder: Path) -> list[Path]:
 
 def update_index(model, folder: Path, path: Path, batch_size: int = 64, strict: bool = False) -> tuple[Index, dict]:
     """The folder's index, updated and saved: (index, counts of reused / embedded / removed / skipped)."""
-    from .data.images import BadImage, load_image
+    from .data.images import load_images_or_skip
 
     mid = model_id(model)
     old = read_index(path)
@@ -102,16 +102,10 @@ def update_index(model, folder: Path, path: Path, batch_size: int = 64, strict: 
             todo.append((rel, stamp, f))
     skipped = 0
     for i in range(0, len(todo), batch_size):
-        chunk, pics = [], []
-        for rel, stamp, f in todo[i: i + batch_size]:
-            try:
-                pics.append(load_image(f))
-                chunk.append((rel, stamp))
-            except BadImage as e:
-                if strict:
-                    raise UserError(f"{e} (--strict)") from None
-                print(f"mmcli: warning: skipping {e}", file=sys.stderr)
-                skipped += 1
+        part = todo[i: i + batch_size]
+        kept, pics = load_images_or_skip([f for _, _, f in part], strict)
+        chunk = [part[k][:2] for k in kept]
+        skipped += len(part) - len(kept)
         if pics:
             emb = model.embed_images(pics)
             for (rel, stamp), e in zip(chunk, emb):

@@ -82,17 +82,10 @@ def expand_images(specs: list[str]) -> list[Path]:
 
 def _read_images(model, paths: list[Path], strict: bool):
     """(readable paths, their tensors); an unreadable one is warned about and skipped, or an error."""
-    from ..data.images import BadImage, load_image
+    from ..data.images import load_images_or_skip
 
-    ok, pics = [], []
-    for p in paths:
-        try:
-            pics.append(load_image(p))
-            ok.append(p)
-        except BadImage as e:
-            if strict:
-                raise UserError(f"{e} (--strict)") from None
-            print(f"mmcli: warning: skipping {e}", file=sys.stderr)
+    kept, pics = load_images_or_skip(paths, strict)
+    ok = [paths[k] for k in kept]
     return ok, (model.images_tensor(pics) if pics else None)
 
 

@@ -422,3 +422,22 @@ def _decode_all(paths: list[str], size: int, progress: bool, workers: int | None
                 bar.advance(task)
     finally:
         pool.shutdown(cancel_futures=True)  # a strict skipper stopped us: don't decode the rest
+
+
+def load_images_or_skip(paths, strict: bool = False) -> tuple[list[int], list[Image.Image]]:
+    """Load each path: (the positions in ``paths`` that loaded, their images). An unreadable file
+    is warned about on stderr and skipped, or with ``strict`` raised as one UserError line."""
+    import sys
+
+    from ..errors import UserError
+
+    ok, pics = [], []
+    for k, p in enumerate(paths):
+        try:
+            pics.append(load_image(p))
+            ok.append(k)
+        except BadImage as e:
+            if strict:
+                raise UserError(f"{e} (--strict)") from None
+            print(f"mmcli: warning: skipping {e}", file=sys.stderr)
+    return ok, pics
