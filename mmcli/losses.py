@@ -14,11 +14,28 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
     ``label_smoothing`` eps: the target is 1 - eps on the true token plus eps spread evenly
     over the whole vocabulary (``F.cross_entropy``'s); 0 is the plain cross-entropy.
     """
+    real, targets = next_token_targets(ids, lengths)
+    return F.cross_entropy(logits[real], targets, label_smoothing=label_smoothing)
+
+
+def next_token_targets(ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real (B, T) bool, targets (N,)): the positions whose next token is a real one, and
+    those next tokens, in the order of ``x[real]`` for any (B, T, ...) x.
+
+    Position t predicts token t + 1, so it counts while t + 1 < length; the last
+    position never does (it has no next token).
+    """
     T = ids.shape[1]
-    targets = ids[:, 1:]  # (B, T-1)
-    # a prediction counts while its target is a real token (index < length)
-    real = torch.arange(1, T, device=ids.device)[None, :] < lengths[:, None]
-    return F.cross_entropy(logits[:, :-1][real], targets[real], label_smoothing=label_smoothing)
+    real = torch.arange(1, T + 1, device=ids.device)[None, :] < lengths[:, None]  # (B, T)
+    return real, ids[:, 1:][real[:, :-1]]
+
+
+def length_buckets(lengths: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The row indices of ``lengths`` (B,) sorted by length and cut into ``n`` near-equal
+    buckets, shortest first: each bucket can then be trimmed to its own longest row, so
+    that right-padded text wastes no compute on its pads."""
+    order = torch.argsort(lengths, stable=True)
+    return [rows for rows in torch.tensor_split(order, max(1, min(n, len(order)))) if len(rows)]
 
 
 def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

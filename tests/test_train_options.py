@@ -89,6 +89,64 @@ def test_grouped_captions_give_the_loss_and_gradients_of_the_pairs(fusion):
             torch.testing.assert_close(gb[k], ga[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.parametrize("fusion", ["cross", "concat"])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_length_buckets_give_the_padded_batch_loss_and_gradients(monkeypatch, fusion, grouped):
+    """The LM loss over length buckets (each trimmed to its longest caption, the LM head on real
+    predictions only) equals the loss of the whole padded batch, and so do the gradients."""
+    from mmcli.config import preset
+    from mmcli.data.images import make_transform
+    from mmcli.data.loaders import CaptionImageDataset, ImageSource, PairDataset, collate
+    from mmcli.data.records import Split
+    from mmcli.data.spec import load_dataset
+    from mmcli.losses import length_buckets, lm_loss
+    from mmcli.model.vlm import VLM
+    from mmcli.tokenizer import Tokenizer
+
+    records = load_dataset(DATA).splits["train"].captions[:6]
+    tok = Tokenizer.train([c for r in records for c in r.captions], vocab_size=400)
+    torch.manual_seed(0)
+    model = VLM(preset("tiny", vocab_size=tok.vocab_size, fusion=fusion)).eval()
+    source = ImageSource(make_transform(model.vision.data_config))
+    data = (CaptionImageDataset(records, source, tok, max_len=24) if grouped
+            else PairDataset(Split(records).pairs(), source, tok, max_len=24))
+    b = collate([data[i] for i in range(len(data))], tok.pad_id)
+    b.text[-1, b.text_len[-1]:] = tok.pad_id + 1  # whatever sits in a pad position never counts
+    assert b.text_len.min() < b.text_len.max() == b.text.shape[1]  # the short rows are padded
+    s = SimpleNamespace(autocast=nullcontext)
+
+    def loss_and_grads(bucket_rows):
+        monkeypatch.setattr(train, "LM_BUCKET_ROWS", bucket_rows)
+        model.zero_grad()
+        if bucket_rows is None:  # the reference: the whole padded batch, logits everywhere
+            img = model.encode_image(b.images)
+            loss = lm_loss(model.lm_logits(None, b.text, img=img, img_index=b.text_image), b.text, b.text_len, 0.1)
+        else:
+            loss = train.caption_loss(model, b, s, label_smoothing=0.1)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    n = b.text.shape[0]
+    assert len(length_buckets(b.text_len, n // 4)) == n // 4 > 2
+    ref_loss, ref_grads = loss_and_grads(None)
+    for bucket_rows in (4, n):  # several buckets; one bucket (trimmed to the batch's longest)
+        loss, grads = loss_and_grads(bucket_rows)
+        torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+        assert grads.keys() == ref_grads.keys()
+        for k in grads:
+            torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_length_buckets_sort_and_cover_every_row():
+    from mmcli.losses import length_buckets
+
+    lengths = torch.tensor([5, 2, 9, 2, 7, 3, 8])
+    buckets = length_buckets(lengths, 3)
+    assert sorted(torch.cat(buckets).tolist()) == list(range(7)) and len(buckets) == 3
+    assert [lengths[r].tolist() for r in buckets] == [[2, 2, 3], [5, 7], [8, 9]]
+    assert len(length_buckets(lengths, 100)) == 7 and len(length_buckets(lengths, 0)) == 1
+
+
 def test_grouped_captions_train_on_images_with_all_their_captions():
     result = fit(cfg(group_captions=True, max_steps=12, eval_every=12, log_every=4))
     losses = [r["loss"] for r in rows("run", "loss")]

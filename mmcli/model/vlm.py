@@ -169,12 +169,17 @@ class VLM(nn.Module):
 
     # ------------------------------------------------------------------ tasks
     def lm_logits(self, images: torch.Tensor | None, ids: torch.Tensor,
-                  img: torch.Tensor | None = None, img_index: torch.Tensor | None = None) -> torch.Tensor:
+                  img: torch.Tensor | None = None, img_index: torch.Tensor | None = None,
+                  positions: torch.Tensor | None = None) -> torch.Tensor:
         """Captioning: (B, T) ids -> next-token logits (B, T, V), causal. ``img``: the image tokens
         when already encoded (pretraining shares them between objectives); then ``images`` is unused.
-        ``img_index``: caption row i shows image row ``img_index[i]`` (see :meth:`fuse`)."""
+        ``img_index``: caption row i shows image row ``img_index[i]`` (see :meth:`fuse`).
+        ``positions`` (B, T) bool: only the logits of those positions, (N, V), in ``x[positions]``
+        order (training asks for the real predictions: pads never reach the LM head)."""
         img = self.encode_image(images) if img is None else img
         h = self.fuse(self.encode_text(ids, None, causal=True), img, None, causal=True, img_index=img_index)
+        if positions is not None:
+            h = h[positions]  # (N, D)
         return self.lm_head(h)
 
     def understand(self, img: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
