@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, examples
-from ..metrics.jsonio import located_items, parse_id, read_json_or_jsonl, read_text
+from ..metrics.jsonio import located_items, parse_id, read_json_or_jsonl, read_text, show_id
 from .records import CaptionRecord, Dataset, Split, VQARecord
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -64,8 +64,8 @@ def _image_root(images: str | os.PathLike) -> str:
 
 def _image_path(root: str, rel: Any, name: str, where: str, allow_outside_root: bool) -> str:
     """``rel`` (from an annotation file) joined to ``root``; it may not leave ``root``."""
-    if not isinstance(rel, str) or not rel.strip():
-        raise UserError(f"{name}: {where}: image path must be a non-empty string, got {_show(rel)}")
+    if not isinstance(rel, str) or not rel.strip() or "\0" in rel:
+        raise UserError(f"{name}: {where}: image path must be a non-empty string (no NUL), got {_show(rel)}")
     full = os.path.normpath(os.path.join(root, rel))
     inside = full == root or full.startswith(root if root.endswith(os.sep) else root + os.sep)
     if not allow_outside_root and not inside:
@@ -152,7 +152,7 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         item = _entry(name, where, item, ("id", "file_name"))
         iid = parse_id(item["id"], name, where, "id")
         if iid in by_id:
-            raise UserError(f"{name}: {where}: image id {iid} appears twice in 'images'")
+            raise UserError(f"{name}: {where}: image id {show_id(iid)} appears twice in 'images'")
         by_id[iid] = (_image_path(root, item["file_name"], name, where, allow_outside_root), [])
     anns = _list_field(name, data, "annotations") if "annotations" in data else []
     for where, item in located_items(anns, None):
@@ -160,7 +160,7 @@ def read_coco(annotations: str | os.PathLike, images: str | os.PathLike, *,
         item = _entry(name, where, item, ("image_id", "caption"))
         iid = parse_id(item["image_id"], name, where, "image_id")
         if iid not in by_id:
-            raise UserError(f"{name}: {where}: caption for image {iid}, which is not in 'images'")
+            raise UserError(f"{name}: {where}: caption for image {show_id(iid)}, which is not in 'images'")
         by_id[iid][1].append(_string(name, where, item["caption"], "caption"))
     records = [CaptionRecord(iid, path, tuple(caps)) for iid, (path, caps) in by_id.items()]
     info = {"source": "COCO captions"} if "annotations" in data else {"source": "COCO image list (no captions)"}
@@ -198,7 +198,7 @@ def read_karpathy(path: str | os.PathLike, images: str | os.PathLike, *,
         filename = _string(name, where, item["filename"], "filename")
         iid = parse_id(item["cocoid"], name, where, "cocoid") if "cocoid" in item else filename
         if iid in seen:
-            raise UserError(f"{name}: {where}: image {iid} appears twice (first at {seen[iid]})")
+            raise UserError(f"{name}: {where}: image {show_id(iid)} appears twice (first at {seen[iid]})")
         seen[iid] = where
         folder = item.get("filepath") or ""
         if not isinstance(folder, str):
@@ -290,11 +290,11 @@ def _flickr_captions(path: Path) -> dict[str, dict[int, str]]:
         if not sep:  # tolerate a space instead of the tab
             head, _, caption = line.strip().partition(" ")
         image, hash_, k = head.strip().rpartition("#")
-        if not hash_ or not image or not (k.isascii() and k.isdigit()):
+        if not hash_ or not image or not (k.isascii() and k.isdigit() and len(k) <= 20):
             raise UserError(f"{path}: line {lineno}: expected 'IMAGE#K<TAB>caption', got {_show(line)}")
         caps = out.setdefault(image, {})
         if int(k) in caps:
-            raise UserError(f"{path}: line {lineno}: caption {image}#{k} appears twice")
+            raise UserError(f"{path}: line {lineno}: caption {show_id(image + '#' + k)} appears twice")
         caps[int(k)] = _string(str(path), f"line {lineno}", caption, "caption")
     return out
 
@@ -307,7 +307,7 @@ def _flickr_split_names(path: Path, listed: dict[str, str]) -> list[tuple[str, s
         if not image:
             continue
         if image in listed:
-            raise UserError(f"{path}: line {lineno}: image {image} is already listed at {listed[image]}")
+            raise UserError(f"{path}: line {lineno}: image {show_id(image)} is already listed at {listed[image]}")
         listed[image] = f"{path.name} line {lineno}"
         names.append((image, f"line {lineno}"))
     return names
@@ -342,15 +342,18 @@ def read_vqa2(questions: str | os.PathLike, annotations: str | os.PathLike | Non
     if not rows:
         raise UserError(f"{name}: contains no questions")
     subtype = data.get("data_subtype") if isinstance(data.get("data_subtype"), str) else None
+    if subtype is not None and any(c in subtype for c in "/\\\0"):
+        # it becomes part of a file name: "val2014/../.." would look outside the folder
+        raise UserError(f"{name}: data_subtype must be a plain name like 'val2014', got {_show(subtype)}")
     pattern = _coco_file_pattern(root, images, [r[2] for r in rows], subtype)
     answers = _vqa_answers(annotations) if annotations else None
     records, seen = [], {}
     for where, qid, image_id, question in rows:
         if qid in seen:
-            raise UserError(f"{name}: {where}: question id {qid} appears twice (first at {seen[qid]})")
+            raise UserError(f"{name}: {where}: question id {show_id(qid)} appears twice (first at {seen[qid]})")
         seen[qid] = where
         if answers is not None and qid not in answers:
-            raise UserError(f"{annotations}: no annotation for question {qid} of {name}")
+            raise UserError(f"{annotations}: no annotation for question {show_id(qid)} of {name}")
         ans, atype, qtype = answers[qid] if answers is not None else ((), None, None)
         records.append(VQARecord(qid, str(image_id), os.path.join(root, pattern.format(image_id)),
                                  question, ans, atype, qtype))
@@ -367,7 +370,7 @@ def _coco_id(name: str, where: str, value: Any) -> int:
     """A COCO image id: an integer (or a string of digits)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
         return int(value)
     raise UserError(f"{name}: {where}: image_id must be a COCO image number, got {_show(value)}")
 
@@ -401,7 +404,7 @@ def _vqa_answers(path: str | os.PathLike) -> dict[str, tuple[tuple[str, ...], st
         item = _entry(name, where, item, ("question_id", "answers"))
         qid = parse_id(item["question_id"], name, where, "question_id")
         if qid in out:
-            raise UserError(f"{name}: {where}: question id {qid} appears twice")
+            raise UserError(f"{name}: {where}: question id {show_id(qid)} appears twice")
         answers = []
         for a in _list_field(name, item, "answers", where):
             if not isinstance(a, dict) or not isinstance(a.get("answer"), str):
@@ -436,10 +439,10 @@ class _JsonlSplit:
         """Check that image ids and image files pair up one to one in this split."""
         other = self.paths.setdefault(image_id, path)
         if other != path:
-            raise UserError(f"{name}: {where}: image id {image_id!r} is already used for {other}")
+            raise UserError(f"{name}: {where}: image id {image_id!r} is already used for {show_id(other)}")
         known = self.ids.setdefault(path, image_id)
         if known != image_id:
-            raise UserError(f"{name}: {where}: image {path} already has image id {known!r}, not {image_id!r}")
+            raise UserError(f"{name}: {where}: image {show_id(path)} already has image id {known!r}, not {image_id!r}")
 
     def split(self) -> Split:
         return Split(captions=[CaptionRecord(i, p, tuple(c)) for p, (i, c) in self.captions.items()],
@@ -526,7 +529,7 @@ def _jsonl_question(name: str, where: str, row: dict, image_id: str, image: str,
     default_id = where.rsplit(" ", 1)[-1]  # "line 7" -> "7"
     qid = parse_id(row["question_id"], name, where, "question_id") if "question_id" in row else default_id
     if qid in split.question_ids:
-        raise UserError(f"{name}: {where}: question id {qid} appears twice in its split "
+        raise UserError(f"{name}: {where}: question id {show_id(qid)} appears twice in its split "
                         f"(first at {split.question_ids[qid]})")
     split.question_ids[qid] = where
     return VQARecord(qid, image_id, image, question, tuple(answers),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from ..errors import UserError, examples
+from .jsonio import show_id
 
 COCO_METRICS = ("bleu", "rouge_l", "cider_d")
 LIBRARY_METRICS = ("sacrebleu", "rouge_score")
@@ -61,7 +62,7 @@ def align(
     if multi:
         raise UserError(
             f"{preds_name}: {len(multi)} image(s) have more than one prediction "
-            f"(e.g. image {multi[0]} has {len(preds[multi[0]])}); give exactly one caption per image"
+            f"(e.g. image {show_id(multi[0])} has {len(preds[multi[0]])}); give exactly one caption per image"
         )
     ids = list(refs)
     missing = [i for i in ids if not preds.get(i)]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .jsonio import located_items, parse_id, read_json_or_jsonl
+from .jsonio import located_items, parse_id, read_json_or_jsonl, show_id
 
 FORMATS = ("auto", "coco-results", "coco", "mapping", "jsonl", "karpathy")
 
@@ -108,7 +108,7 @@ def _from_rows(path, rows, where_list, id_keys) -> Captions:
 def _from_mapping(path, data: dict) -> Captions:
     out: Captions = {}
     for iid, caps in data.items():
-        where = f"image {iid}"
+        where = f"image {show_id(iid)}"
         caps = caps if isinstance(caps, list) else [caps]
         out[iid] = [_caption(path, c, where) for c in caps]
     return out
@@ -128,7 +128,7 @@ def _from_coco(path, data: dict) -> Captions:
     declared = set(out) if isinstance(images, list) else None
     for iid, caps in _from_rows(path, anns, [f"annotation {k}" for k in range(1, len(anns) + 1)], ("image_id",)).items():
         if declared is not None and iid not in declared:
-            raise UserError(f"{path}: annotation for image {iid}, which is not in the 'images' list")
+            raise UserError(f"{path}: annotation for image {show_id(iid)}, which is not in the 'images' list")
         out.setdefault(iid, []).extend(caps)
     return out
 
@@ -136,7 +136,10 @@ def _from_coco(path, data: dict) -> Captions:
 def _from_karpathy(path, data: dict, split: str) -> Captions:
     out: Captions = {}
     splits = set()
-    for no, img in enumerate(data["images"], 1):
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise UserError(f"{path}: 'images' must be a list of Karpathy image entries")
+    for no, img in enumerate(images, 1):
         where = f"images entry {no}"
         if not isinstance(img, dict) or not isinstance(img.get("sentences"), list):
             raise UserError(f"{path}: {where}: expected an object with a 'sentences' list")
@@ -148,9 +151,13 @@ def _from_karpathy(path, data: dict, split: str) -> Captions:
             raise UserError(f"{path}: {where}: needs 'cocoid' or 'filename'")
         caps = []
         for s in img["sentences"]:
-            if not isinstance(s, dict) or ("raw" not in s and "tokens" not in s):
-                raise UserError(f"{path}: {where}: each sentence needs 'raw' (or 'tokens')")
-            caps.append(_caption(path, s["raw"], where) if "raw" in s else " ".join(s["tokens"]))
+            tokens = s.get("tokens") if isinstance(s, dict) else None
+            if isinstance(s, dict) and "raw" in s:
+                caps.append(_caption(path, s["raw"], where))
+            elif isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+                caps.append(" ".join(tokens))
+            else:
+                raise UserError(f"{path}: {where}: each sentence needs 'raw' (or a 'tokens' list of strings)")
         out[parse_id(iid, path, where, "image id")] = caps
     if not out:
         raise UserError(f"{path}: no images in split {split!r} (splits present: {', '.join(sorted(splits))})")

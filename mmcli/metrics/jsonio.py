@@ -48,7 +48,10 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _loads(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:  # the decoder recurses once per level of [ or {
+        raise ValueError("arrays or objects nested too deeply") from None
 
 
 def _json_error(name: str, e: ValueError, line: int | None = None) -> UserError:
@@ -106,6 +109,13 @@ def located_items(data: list[Any], where: list[str] | None) -> list[tuple[str, A
     """Pair each list item with where it came from (``line N`` or ``entry N``)."""
     names = where if where is not None else [f"entry {i}" for i in range(1, len(data) + 1)]
     return list(zip(names, data))
+
+
+def show_id(value: str) -> str:
+    """An id (or name) from a file for a one-line message: as written when it is
+    plain printable text, else quoted with escapes (a newline in an id must not
+    break the message)."""
+    return value if value and value.isprintable() and value.strip() == value else repr(value)
 
 
 def parse_id(value: Any, name: str, where: str, field: str) -> str:

@@ -84,10 +84,12 @@ def rouge_l_corpus(cc: CaptionCorpus, cands: list[str], refs: list[list[str]]) -
     N, R = cc.n_images, cc.ref_image.size
     lengths, tok = cc.corpus.lengths, cc.corpus.tok
     start = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # (S,) first token of each sentence
-    # split() and split(" ") agree only for non-empty, singly spaced text; other
-    # images (and candidates over 64 tokens, one bit per position) use plain Python
+    # split() and split(" ") agree only for non-empty, singly spaced text without
+    # other whitespace (tabs, NBSP, ...; all non-printable); other images (and
+    # candidates over 64 tokens, one bit per position) use plain Python
     plain = np.fromiter(
-        (bool(s) and s[0] != " " and s[-1] != " " and "  " not in s for s in (*cands, *(r for rs in refs for r in rs))),
+        (bool(s) and s[0] != " " and s[-1] != " " and "  " not in s and (s.isprintable() or s.split() == s.split(" "))
+         for s in (*cands, *(r for rs in refs for r in rs))),
         dtype=bool,
         count=lengths.size,
     )
