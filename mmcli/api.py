@@ -129,7 +129,10 @@ class Model:
         if self.config.fusion == "late":
             raise UserError(f"{self.path}: a late-fusion model cannot generate captions (it has no token-level "
                             "attention to the image); use a caption run with concat or cross fusion")
-        tok, n = self.tokenizer, (max_len or self.max_text_len - 1)
+        longest = self.max_text_len - 1  # (the model's positions hold <s> and the caption)
+        if max_len is not None and not 1 <= max_len <= longest:
+            raise UserError(f"max_len {max_len}: this model writes captions of 1 to {longest} tokens ({self.path})")
+        tok, n = self.tokenizer, (max_len or longest)
         if sample:
             g = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
             return draw(self.vlm, batch, tok.bos_id, tok.eos_id, n, top_k=top_k, top_p=top_p,

@@ -123,6 +123,7 @@ class TrainConfig:
     beam: int = 1  # caption validation: 1 = greedy, else beam search with this width
     log_every: int = 10  # steps between log lines / metrics.jsonl entries
     test: bool = True  # after training, evaluate best/ once on the test split (if the dataset has one)
+    allow_outside_root: bool = False  # accept annotation image paths that leave their image folder
 
     def __post_init__(self):
         if self.task not in TASK_METRIC:
@@ -563,7 +564,7 @@ def _splits(cfg: TrainConfig):
     when the dataset has none) is only read by the final evaluation, never for selection."""
     from .data.spec import load_dataset
 
-    ds = load_dataset(cfg.data)
+    ds = load_dataset(cfg.data, allow_outside_root=cfg.allow_outside_root)
     test = ds.splits.get("test")
     # single-file sources (jsonl, folder) have one split, "all": train on it, carve val
     train = ds.split("train") if "train" in ds.splits or "all" not in ds.splits else ds.splits["all"]
@@ -1204,6 +1205,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "lock"
+        self.created = not Path(run_dir).exists()  # made here: removed again if the run leaves it empty
 
     def __enter__(self) -> "RunLock":
         try:
@@ -1234,6 +1236,11 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         if self._owner() == os.getpid():
             self.path.unlink(missing_ok=True)
+        if self.created:  # a run that failed before writing anything leaves no empty directory behind
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass  # not empty: the run wrote into it
 
 
 def _alive(pid: int) -> bool:

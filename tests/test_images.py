@@ -70,6 +70,12 @@ def test_missing_empty_text_truncated_and_directory(tmp_path):
     assert_bad(tmp_path, "directory")
 
 
+def test_nul_in_path_is_a_bad_image():
+    with pytest.raises(BadImage) as info:
+        load_image("a\0b.jpg")
+    assert str(info.value) == "'a\\x00b.jpg': not a valid file path (it contains a NUL byte)"
+
+
 def test_unreadable_file(tmp_path):
     path = tmp_path / "secret.png"
     noise(4, 4).save(path)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..data.spec import SPEC_HELP
+from .options import MAX_SEED, allow_outside_root_option
 
 app = typer.Typer(
     help="Look at datasets: counts, lengths, vocabulary, answers and blind baselines; write the synthetic set.",
@@ -27,11 +28,12 @@ app = typer.Typer(
 def stats(
     spec: Annotated[str, typer.Argument(help="Dataset spec, e.g. easyvqa, shapes, flickr8k:DIR.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
+    allow_outside_root: Annotated[bool, allow_outside_root_option()] = False,
 ) -> None:
     from ..data.spec import load_dataset
     from ..data.stats import dataset_stats
 
-    report = dataset_stats(load_dataset(spec))
+    report = dataset_stats(load_dataset(spec, allow_outside_root=allow_outside_root))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -48,7 +50,8 @@ def shapes(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (created if missing).", show_default=False)],
     n: Annotated[int, typer.Option("--n", min=1, max=1_000_000, help="Number of images.")] = 2000,
     size: Annotated[int, typer.Option("--size", min=16, max=1024, help="Image side in pixels.")] = 64,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Generator seed (same seed, same data).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED,
+                                      help="Generator seed (same seed, same data).")] = 0,
 ) -> None:
     from ..data.shapes import write_shapes_jsonl
 

@@ -66,8 +66,8 @@ def finetune(
     epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="Items per batch; for vqa (and caption with --group-captions), images per batch, each with "
-        "all its questions (captions): the image is encoded once.  \\[default: 32; 16 for easy-VQA]",
+        min=1, max=o.MAX_BATCH, help="Items per batch; for vqa (and caption with --group-captions), images per "
+        "batch, each with all its questions (captions): the image is encoded once.  \\[default: 32; 16 for easy-VQA]",
         show_default=False)] = None,
     grad_accum: o.GradAccum = 1,
     lr: o.Lr = 3e-4,
@@ -91,6 +91,7 @@ def finetune(
     resume: o.Resume = None,
     strict: o.Strict = False,
     test: o.Test = None,
+    allow_outside_root: o.AllowOutsideRoot = False,
 ) -> None:
     data = data or DEFAULT_DATA[task.value]
     model_defaults = None if init else DATA_MODEL.get(data)
@@ -118,7 +119,7 @@ def finetune(
         warmup_steps=warmup_steps, label_smoothing=label_smoothing, vocab_size=vocab_size, group_captions=group_captions,
         augment=augment, image_cache=image_cache, beam=beam, precision=precision, seed=seed,
         deterministic=deterministic, eval_every=eval_every, patience=patience, workers=workers, device=device,
-        strict=strict, test=test,
+        strict=strict, test=test, allow_outside_root=allow_outside_root,
     )
     o.run_training(cfg, "finetune")
 

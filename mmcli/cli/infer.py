@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,13 +12,14 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UserError
+from .options import MAX_BATCH, MAX_BEAM, MAX_SEED, MAX_TOP, allow_outside_root_option, finite
 
 # ---------------------------------------------------------------------------- shared options
 ModelDir = Annotated[Path, typer.Option(
     "--model", "-m", help="A run directory from `mmcli finetune` (its best/, else last/) or a checkpoint directory.",
     show_default=False, file_okay=False)]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+BatchSize = Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="Images per forward pass.")]
 Explain = Annotated[Optional[Path], typer.Option(
     "--explain", metavar="OUT.png", help="Draw where the model looked: a grid of panels, the image under the "
     "attention over it for each generated word (caption) or for the answer (vqa); not for late fusion.",
@@ -29,7 +31,7 @@ CAPTION_HELP = """Caption image files, folders (every image in them, sorted) and
 
 Decoding: greedy by default, --beam N for beam search, --sample for sampling (--top-k, --top-p, --temperature, --seed). Images are captioned in batches of --batch-size; a batch gives the same captions as each image alone.
 
-Output: one `PATH<TAB>CAPTION` line per image, or --json (a JSON list on stdout), or --jsonl FILE (COCO results rows {"image_id", "caption"}, image_id = the file name without its extension, written atomically), which `mmcli score FILE REFS` reads directly. An unreadable image is skipped with a warning and counted (--strict: an error); a path that does not exist is an error.
+Output: one `PATH<TAB>CAPTION` line per image, or --json (a JSON list on stdout), or --jsonl FILE (COCO results rows {"image_id", "caption"}, image_id = the file name without its extension, written atomically), which `mmcli score FILE REFS` reads directly. An unreadable image among several is skipped with a warning and counted (--strict: an error); a single unreadable image, or a path that does not exist, is an error.
 """
 CAPTION_EPILOG = """[b]Examples[/b]
 
@@ -116,13 +118,16 @@ def _progress(total: int, what: str):
 def caption(
     images: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
     model: ModelDir = ...,
-    beam: Annotated[int, typer.Option(min=1, help="Beam width; 1 = greedy.")] = 1,
+    beam: Annotated[int, typer.Option(min=1, max=MAX_BEAM, help="Beam width; 1 = greedy.")] = 1,
     sample: Annotated[bool, typer.Option("--sample", help="Sample each word instead of the most likely.")] = False,
-    top_k: Annotated[int, typer.Option(min=0, help="With --sample: draw from the K most likely words (0 = all).")] = 0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --sample: nucleus sampling mass.")] = 1.0,
-    temperature: Annotated[float, typer.Option(min=0.0, help="With --sample: softmax temperature.")] = 1.0,
-    seed: Annotated[Optional[int], typer.Option(help="With --sample: the seed, for repeatable samples.",
-                                                show_default=False)] = None,
+    top_k: Annotated[int, typer.Option(min=0, max=MAX_TOP,
+                                       help="With --sample: draw from the K most likely words (0 = all).")] = 0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, callback=finite,
+                                         help="With --sample: nucleus sampling mass.")] = 1.0,
+    temperature: Annotated[float, typer.Option(min=0.0, callback=finite,
+                                               help="With --sample: softmax temperature.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_SEED, help="With --sample: the seed, for repeatable "
+                                                "samples.", show_default=False)] = None,
     max_len: Annotated[Optional[int], typer.Option(min=1, help="Most tokens per caption.  \\[default: the model's]",
                                                    show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {image, image_id, caption}.")] = False,
@@ -141,6 +146,8 @@ def caption(
     paths = expand_images(images)
     if explain is not None and len(paths) != 1:
         raise UserError(f"--explain draws one image's caption; {len(paths)} images were given")
+    if len(paths) == 1:  # one image: an unreadable one is the error itself (its name and the problem)
+        load_one_image(paths[0])
     m = load(model, device)
     if explain is not None:
         from ..explain import caption_attention, draw_panels
@@ -162,6 +169,9 @@ def caption(
                                         temperature=temperature, seed=seed)
                 results += [{"image": str(p), "image_id": p.stem, "caption": c} for p, c in zip(ok, caps)]
             advance(len(chunk))
+    if not results:  # (before writing: an earlier --jsonl file is kept)
+        raise UserError(f"no readable image to caption: all {len(paths)} are unreadable (first: {paths[0]}; "
+                        "see the warnings above)")
     if jsonl is not None:
         atomic_write_text(jsonl, "".join(json.dumps({"image_id": r["image_id"], "caption": r["caption"]}) + "\n"
                                          for r in results))
@@ -173,8 +183,6 @@ def caption(
     if jsonl is not None or skipped:
         print(f"mmcli: {len(results)} images captioned{f', {skipped} skipped (unreadable)' if skipped else ''}"
               f"{f'; wrote {jsonl}' if jsonl is not None else ''}", file=sys.stderr)
-    if not results:
-        raise UserError("no readable image to caption")
 
 
 # ---------------------------------------------------------------------------- vqa
@@ -183,7 +191,8 @@ def vqa(
                                                     show_default=False, dir_okay=False)] = None,
     question: Annotated[Optional[str], typer.Argument(help="The question.", show_default=False)] = None,
     model: ModelDir = ...,
-    top_k: Annotated[int, typer.Option(min=1, help="How many answers to show.")] = 5,
+    top_k: Annotated[int, typer.Option(min=1, max=MAX_TOP, help="How many answers to show (at most the model's "
+                                       "answers).")] = 5,
     questions: Annotated[Optional[Path], typer.Option(help="Batch mode: a questions file (see above).",
                                                       show_default=False, dir_okay=False)] = None,
     images: Annotated[Optional[Path], typer.Option(help="Batch mode: the folder image paths and ids are resolved in. "
@@ -196,6 +205,7 @@ def vqa(
     explain: Explain = None,
     strict: Strict = False,
     device: Device = "auto",
+    allow_outside_root: Annotated[bool, allow_outside_root_option()] = False,
 ) -> None:
     from ..api import load
 
@@ -206,7 +216,7 @@ def vqa(
             raise UserError("--questions needs --out RESULTS.json (the VQA results file to write)")
         if explain is not None:
             raise UserError("--explain draws one question about one image; leave out --questions")
-        rows = read_questions(questions, images)
+        rows = read_questions(questions, images, allow_outside_root)
         m = load(model, device)
         _vqa_batch(m, rows, out, batch_size, strict)
         return
@@ -217,8 +227,9 @@ def vqa(
         raise UserError("the question is empty")
     if not image.exists():
         raise UserError(f"{image}: no such image file")
+    pic = load_one_image(image)
     m = load(model, device)
-    _, batch = _read_images(m, [image], strict=True)
+    batch = m.images_tensor([pic])
     answers = m.answer_tensor(batch, [0], [question], top_k)[0]
     if explain is not None:
         from ..explain import draw_panels, vqa_attention
@@ -244,9 +255,18 @@ def vqa(
     console.print(t)
 
 
-def read_questions(path: Path, images: Path | None) -> list[dict]:
+def load_one_image(path: Path):
+    """The image at ``path``, or the BadImage error (a UserError: one line naming the file and the problem)."""
+    from ..data.images import load_image
+
+    return load_image(path)
+
+
+def read_questions(path: Path, images: Path | None, allow_outside_root: bool = False) -> list[dict]:
     """Question rows {question_id, image (a Path), question} from a VQA v2 questions JSON, a JSON
-    list or JSONL; one UserError line naming the file and row for any problem."""
+    list or JSONL; one UserError line naming the file and row for any problem. An "image" path may
+    not lead outside ``images`` (default: the file's folder) unless ``allow_outside_root``."""
+    from ..data.readers import _image_path
     from ..metrics.jsonio import read_json_or_jsonl
 
     data, where = read_json_or_jsonl(path)
@@ -264,7 +284,7 @@ def read_questions(path: Path, images: Path | None) -> list[dict]:
         if not r["question"].strip():
             raise UserError(f"{path}: {w}: the question is empty")
         if "image" in r:
-            img = root / str(r["image"])
+            img = Path(_image_path(os.path.abspath(root), r["image"], str(path), w, allow_outside_root))
         elif "image_id" in r:
             img = by_id.get(str(r["image_id"]))
             if img is None:
@@ -318,7 +338,8 @@ def _vqa_batch(m, rows: list[dict], out: Path, batch_size: int, strict: bool) ->
                 results += [{"question_id": q["question_id"], "answer": a[0][0]} for q, a in zip(qs, answers)]
             advance(len(chunk))
     if not results:
-        raise UserError("no question could be answered (no readable image)")
+        raise UserError(f"no question could be answered: all {len(groups)} images are unreadable "
+                        f"(first: {groups[0][0]}; see the warnings above)")
     atomic_write_text(out, json.dumps(results) + "\n")
     print(f"mmcli: {len(results)} questions answered{f', {skipped} skipped (unreadable image)' if skipped else ''}; "
           f"wrote {out}", file=sys.stderr)

@@ -13,6 +13,33 @@ from typing import Annotated, Optional
 
 import typer
 
+# upper bounds of the numeric flags: far beyond any real use, they turn a mistyped or absurd value
+# (10**30 steps, a million worker processes, a beam no memory holds) into one clear error line
+# instead of an endless run, an overflow deep inside torch or a machine brought down
+MAX_STEPS = 1_000_000_000  # steps, epochs, warmup, evaluation interval, patience, gradient accumulation
+MAX_BATCH = 65_536  # items per batch
+MAX_BEAM = 64  # beam width
+MAX_WORKERS = 64  # DataLoader worker processes
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_TOP = 1_000_000  # --top-k, -k: clamped to what there is below this
+
+
+def finite(value: Optional[float]) -> Optional[float]:
+    """Option callback: refuse nan and inf, which pass click's range checks."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def allow_outside_root_option():
+    """``--allow-outside-root``: the one switch that lets image paths in an annotation file leave their folder."""
+    return typer.Option(
+        "--allow-outside-root",
+        help="Accept image paths in annotation files that lead outside their image folder ('..' or absolute paths "
+        "elsewhere); by default such a path is an error naming the file and the path.")
+
 
 class Task(str, Enum):
     caption = "caption"
@@ -67,41 +94,47 @@ AugmentOpt = Annotated[Augment, typer.Option(
     "50-100% of the area and a horizontal flip; the flip makes 'left' and 'right' in captions and questions "
     "wrong). Validation and test always see the eval transform.")]
 VocabSize = Annotated[Optional[int], typer.Option(
-    min=16, help="Upper bound of the SentencePiece vocabulary trained on the training text (fewer pieces when "
-    "the text has fewer). Ignored with --init (the init run's tokenizer).  \\[default: 8000]", show_default=False)]
+    min=16, max=1_000_000, help="Upper bound of the SentencePiece vocabulary trained on the training text "
+    "(fewer pieces when the text has fewer). Ignored with --init (the init run's tokenizer).  \\[default: 8000]",
+    show_default=False)]
 LabelSmoothing = Annotated[float, typer.Option(
-    min=0.0, help="Label smoothing F of the captioning (LM) loss: the target is 1-F on the true token plus F spread "
-    "over the vocabulary; 0 = plain cross-entropy.")]
+    min=0.0, max=1.0, callback=finite, help="Label smoothing F of the captioning (LM) loss, below 1: the target "
+    "is 1-F on the true token plus F spread over the vocabulary; 0 = plain cross-entropy.")]
 ImageCacheOpt = Annotated[bool, typer.Option(
     "--image-cache/--no-image-cache",
     help="Decode every train/val/test image once into one memory-mapped cache (square, at the eval transform's "
     "resize side, e.g. 134 px for 128 px images) under $MMCLI_CACHE (else ~/.cache/mmcli); later runs on the "
     "same data and image size reuse it, changed files rebuild it.")]
 Beam = Annotated[int, typer.Option(
-    min=1, help="Captions for validation and the final test: 1 = greedy decoding, N > 1 = beam search of width N.")]
+    min=1, max=MAX_BEAM, help="Captions for validation and the final test: 1 = greedy decoding, N > 1 = beam search "
+    "of width N.")]
 Epochs = Annotated[Optional[int], typer.Option(
-    min=1, help="Passes over the train split.  \\[default: 10]", show_default=False)]
-MaxSteps = Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps; replaces --epochs.", show_default=False)]
-GradAccum = Annotated[int, typer.Option(min=1, help="Batches per optimizer step.")]
-Lr = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (linear warmup, cosine decay).")]
-WarmupSteps = Annotated[int, typer.Option(min=0, help="Linear warmup steps.")]
+    min=1, max=MAX_STEPS, help="Passes over the train split.  \\[default: 10]", show_default=False)]
+MaxSteps = Annotated[Optional[int], typer.Option(min=1, max=MAX_STEPS, help="Optimizer steps; replaces --epochs.",
+                                                 show_default=False)]
+GradAccum = Annotated[int, typer.Option(min=1, max=MAX_STEPS, help="Batches per optimizer step.")]
+Lr = Annotated[float, typer.Option(min=0.0, callback=finite, help="Peak learning rate (linear warmup, cosine decay).")]
+WarmupSteps = Annotated[int, typer.Option(min=0, max=MAX_STEPS, help="Linear warmup steps.")]
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", help="auto: bf16 on a CUDA GPU that supports it, else fp32; fp16 is CUDA only.")]
-Seed = Annotated[int, typer.Option(help="Seed of the initialisation and the data order.")]
+Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the initialisation and the data order.")]
 Deterministic = Annotated[bool, typer.Option(
     help="Deterministic kernels, no worker processes: bit-identical resumes.")]
 EvalEvery = Annotated[Optional[int], typer.Option(
-    min=0, help="Validate every N steps; 0 = each epoch.  \\[default: 0]", show_default=False)]
+    min=0, max=MAX_STEPS, help="Validate every N steps; 0 = each epoch.  \\[default: 0]",
+    show_default=False)]
 Patience = Annotated[Optional[int], typer.Option(
-    min=0, help="Stop after N validations without improvement; 0 = never.  \\[default: 0]", show_default=False)]
+    min=0, max=MAX_STEPS, help="Stop after N validations without improvement; 0 = never.  \\[default: 0]",
+    show_default=False)]
 Workers = Annotated[Optional[int], typer.Option(
-    min=0, help="DataLoader worker processes.  \\[default: 0]", show_default=False)]
+    min=0, max=MAX_WORKERS, help="DataLoader worker processes.  \\[default: 0]", show_default=False)]
 Device = Annotated[Optional[str], typer.Option(
     help="auto | cpu | cuda | cuda:N.  \\[default: auto]", show_default=False)]
 Resume = Annotated[Optional[Path], typer.Option(
     help="Continue the run in this directory from its last/ checkpoint (with its own settings).",
     show_default=False, file_okay=False)]
 Strict = Annotated[bool, typer.Option(help="Stop at the first unreadable training image instead of skipping it.")]
+AllowOutsideRoot = Annotated[bool, allow_outside_root_option()]
 Test = Annotated[Optional[bool], typer.Option(
     "--test/--no-test", help="After training, evaluate best/ once on the test split (when the dataset has one): "
     "shown in the table, written to metrics.jsonl and RUN/results.json.  \\[default: --test]", show_default=False)]

@@ -55,7 +55,7 @@ def pretrain(
     epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None,
     batch_size: Annotated[int, typer.Option(
-        min=2, help="Image-caption pairs per batch: the in-batch negatives of itc and itm.")] = 32,
+        min=2, max=o.MAX_BATCH, help="Image-caption pairs per batch: the in-batch negatives of itc and itm.")] = 32,
     grad_accum: o.GradAccum = 1,
     lr: o.Lr = 3e-4,
     warmup_steps: o.WarmupSteps = 100,
@@ -74,6 +74,7 @@ def pretrain(
     resume: o.Resume = None,
     strict: o.Strict = False,
     test: o.Test = None,
+    allow_outside_root: o.AllowOutsideRoot = False,
 ) -> None:
     cfg = o.train_config(
         resume, task="pretrain", data=data, objectives=objectives, init=init, model=o.model_overrides(model),
@@ -82,5 +83,6 @@ def pretrain(
         warmup_steps=warmup_steps, label_smoothing=label_smoothing, vocab_size=vocab_size, augment=augment, image_cache=image_cache,
         beam=beam, precision=precision, seed=seed, deterministic=deterministic,
         eval_every=eval_every, patience=patience, workers=workers, device=device, strict=strict, test=test,
+        allow_outside_root=allow_outside_root,
     )
     o.run_training(cfg, "pretrain")

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UserError
-from .infer import BatchSize, Device, ModelDir, Strict
+from .infer import BatchSize, Device, ModelDir, Strict, load_one_image
+from .options import MAX_TOP
 
 SHORT = "Search an image folder by text or image with a trained run (an embedding index, kept up to date)."
 HELP = """Search the images of a folder with a trained run's image and text embeddings.
@@ -36,13 +37,13 @@ def retrieve(
     images: Annotated[Path, typer.Option(help="The image folder to search.", show_default=False,
                                          file_okay=False)] = ...,
     model: ModelDir = ...,
-    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")] = 5,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, max=MAX_TOP, help="How many results.")] = 5,
     image: Annotated[Optional[Path], typer.Option("--image", help="Search with this image instead of a text.",
                                                   show_default=False, dir_okay=False)] = None,
     captions: Annotated[Optional[Path], typer.Option(help="With --image: rank these captions for it instead of "
                                                      "the folder's images.", show_default=False, dir_okay=False)] = None,
-    rerank: Annotated[int, typer.Option(min=0, help="Re-score the top N of a text query with the ITM head "
-                                        "(0 = off).")] = 0,
+    rerank: Annotated[int, typer.Option(min=0, max=1000, help="Re-score the top N of a text query with the ITM "
+                                        "head (0 = off; they are scored in one batch).")] = 0,
     index: Annotated[Optional[Path], typer.Option(help="The index file.  \\[default: DIR.mmcli-index beside "
                                                   "the folder]", show_default=False, dir_okay=False)] = None,
     eval_captions: Annotated[Optional[Path], typer.Option("--eval", help="Evaluation: rank this captions file "
@@ -71,6 +72,9 @@ def retrieve(
         raise UserError("--rerank re-scores a text query's images")
     if image is not None and not image.exists():
         raise UserError(f"{image}: no such image file")
+    # the user's files are read before any work: an unreadable one is its error, not minutes later
+    query_image = load_one_image(image) if image is not None else None
+    caps = _captions(captions if image is not None else eval_captions)
     m = load(model, device)
     idx_path = index or default_index_path(images)
     idx, counts = update_index(m, images, idx_path, batch_size, strict)
@@ -78,26 +82,31 @@ def retrieve(
     print(f"mmcli: index {idx_path}: {len(idx.paths)} images ({counts['embedded']} embedded, {counts['reused']} "
           f"reused, {counts['removed']} removed{bad})", file=sys.stderr)
     if eval_captions is not None:
-        _evaluate(m, idx, eval_captions, out, k)
+        _evaluate(m, idx, (eval_captions, caps), out, k)
         return
     if image is not None and captions is not None:
-        from ..metrics.formats import load_captions
-
-        caps = [(iid, c) for iid, cs in load_captions(captions).items() for c in cs]
-        if not caps:
-            raise UserError(f"{captions}: no captions")
+        caps = [(iid, c) for iid, cs in caps.items() for c in cs]
         keys = _embed_texts(m, [c for _, c in caps], batch_size)
-        scores, best = top_k(m.embed_images([image]), keys, k)
+        scores, best = top_k(m.embed_images([query_image]), keys, k)
         rows = [{"rank": r + 1, "score": float(s), "image_id": caps[i][0], "caption": caps[i][1]}
                 for r, (s, i) in enumerate(zip(scores[0].tolist(), best[0].tolist()))]
         return _show(rows, as_json, ("caption", "image_id"), f"captions for {image}")
-    q = m.embed_images([image]) if image is not None else m.embed_texts([query])
+    q = m.embed_images([query_image]) if image is not None else m.embed_texts([query])
     scores, best = top_k(q, idx.embeddings, max(k, rerank))
     hits = [(float(s), idx.paths[i]) for s, i in zip(scores[0].tolist(), best[0].tolist())]
     if rerank:
         hits = _rerank(m, query, images, hits[:rerank]) + hits[rerank:]
     rows = [{"rank": r + 1, "score": s, "image": str(images / p)} for r, (s, p) in enumerate(hits[:k])]
     _show(rows, as_json, ("image",), f"images for {query!r}" if query is not None else f"images like {image}")
+
+
+def _captions(path: Path | None) -> dict | None:
+    """The captions file of --eval or --captions ({image_id: [captions]}, never empty), or None."""
+    if path is None:
+        return None
+    from ..metrics.formats import load_captions
+
+    return load_captions(path)  # (one UserError line for a missing, unreadable, malformed or empty file)
 
 
 def _embed_texts(m, texts: list[str], batch_size: int):
@@ -134,14 +143,13 @@ def _show(rows: list[dict], as_json: bool, columns: tuple[str, ...], title: str)
     Console().print(t)
 
 
-def _evaluate(m, idx, captions_file: Path, out: Path, k: int) -> None:
+def _evaluate(m, idx, captions: tuple[Path, dict], out: Path, k: int) -> None:
     """Rank the index's images for each caption and the captions for each image; write the ranking
     and its ground truth."""
     from ..fileio import atomic_write_text
-    from ..metrics.formats import load_captions
     from ..search import top_k
 
-    caps = load_captions(captions_file)
+    captions_file, caps = captions
     by_id = {Path(p).stem: k for k, p in enumerate(idx.paths)}
     missing = [i for i in caps if i not in by_id]
     if missing:

@@ -43,6 +43,13 @@ says (PIL's global is never changed). PIL still refuses images over twice its
 own limit when opening them; those are reported as too many pixels as well.
 """
 
+MAX_ASPECT = 8
+"""Before resizing, an image whose long side is more than this many times its short side is
+center-cropped to that ratio (:func:`limit_aspect`). The eval transform keeps only the middle of
+the long side, which the crop keeps whole; without it, resizing the short side of a 1 x 100,000
+image would first make a 73 x 7,300,000 image (minutes of work, gigabytes, for a 64 px crop).
+Images up to this ratio are transformed exactly as before."""
+
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 _WARNINGS_LOCK = threading.Lock()  # catch_warnings is not thread-safe; the cache decodes in threads
 
@@ -80,6 +87,8 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
         raise BadImage(path, "cannot read the file (permission denied)") from None
     except OSError as e:  # a failing disk or network share; PIL's errors are handled in _decode
         raise BadImage(path, f"cannot read the file ({e.strerror or e})") from None
+    except ValueError:  # open() refuses a path with a NUL byte in it
+        raise BadImage(repr(str(path)), "not a valid file path (it contains a NUL byte)") from None
     return _to_rgb(img, path)
 
 
@@ -208,7 +217,7 @@ def make_transform(data_config: dict, train: bool = False,
         raise UserError(f"augment {augment!r}: unknown, expected 'none' or 'light'")
     _, h, w = data_config["input_size"]
     interp = InterpolationMode(data_config.get("interpolation", "bilinear"))
-    if train and augment == "light":
+    if train and augment == "light":  # (crops of about the output's aspect ratio: nothing huge is made)
         head = [v2.RandomResizedCrop((h, w), scale=(0.5, 1.0), interpolation=interp), v2.RandomHorizontalFlip()]
     else:
         crop_pct = data_config.get("crop_pct") or 0.875
@@ -219,9 +228,9 @@ def make_transform(data_config: dict, train: bool = False,
         elif mode != "center":
             raise ValueError(f"crop_mode {mode!r} is not supported (only 'center' and 'squash')")
         elif scale[0] == scale[1]:
-            head = [v2.Resize(scale[0], interpolation=interp)]  # shorter side, as timm does
+            head = [limit_aspect, v2.Resize(scale[0], interpolation=interp)]  # shorter side, as timm does
         else:
-            head = [_CoverResize(scale, interp)]
+            head = [limit_aspect, _CoverResize(scale, interp)]
         head.append(v2.CenterCrop((h, w)))
     return v2.Compose([
         *head,
@@ -251,8 +260,24 @@ def cache_size(data_config: dict) -> int:
     return math.floor(min(h, w) / (data_config.get("crop_pct") or 0.875))
 
 
+def limit_aspect(img, ratio: int = MAX_ASPECT):
+    """The middle of a PIL image whose long side is over ``ratio`` times its short side, cropped
+    to that ratio (see :data:`MAX_ASPECT`); any other image (or a tensor) as it is."""
+    if not isinstance(img, Image.Image):
+        return img
+    w, h = img.size
+    if max(w, h) <= ratio * min(w, h):
+        return img
+    if w > h:
+        left = (w - ratio * h) // 2
+        return img.crop((left, 0, left + ratio * h, h))
+    top = (h - ratio * w) // 2
+    return img.crop((0, top, w, top + ratio * w))
+
+
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to ``size`` (bicubic), then crop the central ``size`` x ``size``."""
+    img = limit_aspect(img)
     w, h = img.size
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
