@@ -112,7 +112,9 @@ def save_checkpoint(directory: str | os.PathLike, *, config: dict, model: nn.Mod
             except OSError:
                 pass  # load_checkpoint still finds it at .NAME.old
         if isinstance(e, OSError):
-            raise UserError(f"{target}: cannot write the checkpoint ({e.strerror or e})") from None
+            kept = ("; the previous checkpoint there is kept intact" if _is_checkpoint_dir(target)
+                    or _is_checkpoint_dir(aside) else "")
+            raise UserError(f"{target}: cannot write the checkpoint ({e.strerror or e}){kept}") from None
         raise
     _clean_leftovers(target)
     return target

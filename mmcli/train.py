@@ -519,6 +519,7 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
                 MetricsLog(Path(cfg.out) / "metrics.jsonl"), ImageSkipper(cfg.strict), test)
     if run.checkpoint is not None:
         _restore(s, run.checkpoint)
+        s.log.rewind(s.state.step)
     s.ddp = _data_parallel(cfg, s)
     return s
 
@@ -1265,6 +1266,24 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+
+    def rewind(self, step: int) -> None:
+        """Keep the rows of steps up to ``step`` (a resume continues from there); drop the later ones
+        and a line torn by a kill. A run killed after its checkpoint logged steps that the resume
+        trains again: without this they would appear twice."""
+        from .fileio import atomic_write_text
+
+        if not is_main() or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut short when the process was killed
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line + "\n")
+        atomic_write_text(self.path, "".join(kept))
 
 
 class _Window:
