@@ -194,6 +194,24 @@ def test_attention_impl_default_is_settable():
     assert get_attention_impl() == before
 
 
+def test_auto_attention_is_plain_for_bf16_training_on_cpu_only(monkeypatch):
+    """"auto" (the default) takes the plain path exactly when it is the faster one: bf16 with
+    gradients on a CPU; fp32, and inference, go through SDPA."""
+    assert get_attention_impl() == "auto"
+    from mmcli.model import transformer
+
+    calls = []
+    real = transformer.attention_probs
+    monkeypatch.setattr(transformer, "attention_probs", lambda *a: calls.append(1) or real(*a))
+    q, k, v = (torch.randn(2, 2, 5, 8, requires_grad=True) for _ in range(3))
+    for dtype, grad, plain in ((torch.bfloat16, True, True), (torch.bfloat16, False, False),
+                               (torch.float32, True, False)):
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            attend(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=True)
+        assert bool(calls) == plain, (dtype, grad)
+
+
 # ---------------------------------------------------------------------------
 # the model pieces
 

@@ -35,8 +35,10 @@ def test_cnn_feature_map_becomes_tokens(cnn):
     assert out.shape == (2, cnn.num_tokens, 32) and cnn.num_tokens == 4
     # flattening keeps the (B, C, h, w) -> (B, h*w, C) correspondence
     x = torch.randn(1, 3, 64, 64)
-    fmap = cnn.backbone(x)
+    fmap = cnn.backbone(x.contiguous(memory_format=torch.channels_last))  # (the tower's input layout)
     assert torch.equal(cnn.features(x)[0, 1], fmap[0, :, 0, 1])
+    # channels-last input (faster convolutions) changes the kernels' summation order only
+    torch.testing.assert_close(cnn.features(x), cnn.backbone(x).flatten(2).transpose(1, 2), rtol=1e-4, atol=1e-5)
 
 
 def test_vit_tokens_keep_the_class_token(vit):

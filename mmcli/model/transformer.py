@@ -4,7 +4,9 @@ Pure PyTorch, no mmcli imports. Read it top to bottom:
 
 1. ``attend``: the one function that computes attention, through
    ``F.scaled_dot_product_attention`` ("sdpa") or a plain matmul-softmax-matmul
-   ("plain", measured faster for bf16 training on a CPU).
+   ("plain"); "auto" (the default) takes "plain" for bf16 training on a CPU, where
+   SDPA's flash backward is slow (benchmarks/profile_caption_step.py: a Flickr8k
+   captioning step 1.09 -> 0.90 s), and "sdpa" everywhere else.
 2. The KV cache: ``LayerCache`` (one attention layer), ``BlockCache`` (the self-
    and cross-attention of one block), ``KVCache`` (a whole stack of blocks).
 3. ``Attention``, ``MLP`` and the pre-norm residual ``Block``.
@@ -28,8 +30,8 @@ import torch.nn.functional as F
 # ---------------------------------------------------------------------------
 # attention, the function
 
-ATTENTION_IMPLS = ("sdpa", "plain")
-_default_impl = "sdpa"
+ATTENTION_IMPLS = ("auto", "sdpa", "plain")
+_default_impl = "auto"
 
 
 def set_attention_impl(impl: str) -> None:
@@ -66,11 +68,15 @@ def attend(
     ``mask``: bool, True = may attend, broadcastable to (B, H, Tq, Tk), or None.
     ``is_causal``: query i is at position Tk - Tq + i and sees keys up to that
     position (bottom-right aligned); combined with ``mask`` when both are given.
-    ``impl``: "sdpa" or "plain"; None uses the module default
-    (``set_attention_impl``). A query row that may see no key at all gives
-    zeros with "sdpa" and the mean of v with "plain".
+    ``impl``: "sdpa", "plain" or "auto" ("plain" for bf16 with gradients on a
+    CPU, else "sdpa"); None uses the module default (``set_attention_impl``).
+    A query row that may see no key at all gives zeros with "sdpa" and the
+    mean of v with "plain".
     """
     impl = impl or _default_impl
+    if impl == "auto":
+        plain = q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+        impl = "plain" if plain else "sdpa"
     mask, is_causal = _with_causal(q, k, mask, is_causal, keep_fast_path=impl == "sdpa")
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)

@@ -1,0 +1,100 @@
+"""Where the time of one Flickr8k captioning training step goes, on this machine.
+
+Builds the model of examples/flickr8k_caption.sh (small preset, resnet18 cut after its third
+stage at 128 px, one text layer, three cross-attention decoder layers, width 256, dropout 0.2,
+2,500 pieces) and a synthetic batch of the same shape (32 images, 5 captions each, lengths
+drawn like Flickr8k's: 8-28 tokens, mean about 16), then times full training steps (forward,
+backward, AdamW) with the same loss code the trainer runs (``mmcli.train.caption_loss``).
+
+    python benchmarks/profile_caption_step.py                  # median step time
+    python benchmarks/profile_caption_step.py --profile        # plus torch.profiler's top ops
+    python benchmarks/profile_caption_step.py --precision bf16 # bf16 autocast
+    python benchmarks/profile_caption_step.py --nchw           # the image tower in NCHW memory
+    python benchmarks/profile_caption_step.py --attention sdpa # SDPA also for bf16 training
+
+Nothing is downloaded; random weights and random images (speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+
+
+def build(args):
+    from mmcli.config import preset
+    from mmcli.model.vlm import VLM
+    from mmcli.train import param_groups
+
+    torch.manual_seed(0)
+    cfg = preset("small", drop_stages=1, dropout=args.dropout, text_layers=1, fusion_layers=3,
+                 vocab_size=2500, max_text_len=32)
+    model = VLM(cfg)
+    if args.nchw:  # (mmcli keeps a CNN in channels-last memory)
+        model.vision._nhwc_memory = False
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3, foreach=True)
+    g = torch.Generator().manual_seed(0)
+    n_img, per = args.images, 5
+    lens = torch.clamp((torch.randn(n_img * per, generator=g) * 4 + 16).round().long(), 8, 28)
+    text = torch.randint(4, 2500, (n_img * per, 32), generator=g)
+    for i, n in enumerate(lens.tolist()):
+        text[i, n:] = 0
+    images = torch.randn(n_img, 3, 128, 128, generator=g)
+    batch = SimpleNamespace(images=images, text=text, text_len=lens,
+                            text_image=torch.arange(n_img).repeat_interleave(per))
+    return model, opt, batch
+
+
+def step(model, opt, batch, session, smoothing):
+    from mmcli.train import caption_loss
+
+    loss = caption_loss(model, batch, session, smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=32, help="Images per step (5 captions each).")
+    ap.add_argument("--steps", type=int, default=8, help="Timed steps (after 2 warm-up steps).")
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--nchw", action="store_true", help="Keep the CNN in NCHW memory (mmcli uses channels-last).")
+    ap.add_argument("--attention", choices=("auto", "sdpa", "plain"), default="auto",
+                    help="auto (mmcli's default): plain for bf16 training on a CPU, else sdpa.")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast, as --precision bf16.")
+    ap.add_argument("--profile", action="store_true", help="Print torch.profiler's 25 most expensive ops.")
+    args = ap.parse_args()
+
+    from mmcli.model.transformer import set_attention_impl
+
+    set_attention_impl(args.attention)
+    model, opt, batch = build(args)
+    model.train()
+    bf16 = args.precision == "bf16"
+    session = SimpleNamespace(autocast=(lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext)
+    for _ in range(2):
+        step(model, opt, batch, session, 0.1)
+    times = []
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.profile else nullcontext()
+    with prof:
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            step(model, opt, batch, session, 0.1)
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(f"step: median {med:.3f} s over {len(times)} (min {min(times):.3f}, max {max(times):.3f}); "
+          f"{5 * args.images / med:.1f} captions/s; threads {torch.get_num_threads()}")
+    if args.profile:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+if __name__ == "__main__":
+    main()
