@@ -11,6 +11,7 @@ backward, AdamW) with the same loss code the trainer runs (``mmcli.train.caption
     python benchmarks/profile_caption_step.py --precision bf16 # bf16 autocast
     python benchmarks/profile_caption_step.py --nchw           # the image tower in NCHW memory
     python benchmarks/profile_caption_step.py --attention sdpa # SDPA also for bf16 training
+    python benchmarks/profile_caption_step.py --compare 10     # all variants, interleaved
 
 Nothing is downloaded; random weights and random images (speed does not depend on them).
 """
@@ -71,7 +72,12 @@ def main() -> None:
                     help="auto (mmcli's default): plain for bf16 training on a CPU, else sdpa.")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast, as --precision bf16.")
     ap.add_argument("--profile", action="store_true", help="Print torch.profiler's 25 most expensive ops.")
+    ap.add_argument("--compare", type=int, metavar="ROUNDS", default=0,
+                    help="Instead: ROUNDS interleaved rounds of one step of each variant (fp32 / bf16, SDPA / "
+                    "plain attention, NCHW / channels-last input); medians and per-round ratios.")
     args = ap.parse_args()
+    if args.compare:
+        return compare(args)
 
     from mmcli.model.transformer import set_attention_impl
 
@@ -94,6 +100,42 @@ def main() -> None:
           f"{5 * args.images / med:.1f} captions/s; threads {torch.get_num_threads()}")
     if args.profile:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+VARIANTS = (  # (name, precision, attention, channels-last input)
+    ("fp32, sdpa, NCHW (before)", "fp32", "sdpa", False),
+    ("fp32, sdpa, channels-last (mmcli fp32)", "fp32", "auto", True),
+    ("bf16, sdpa, NCHW", "bf16", "sdpa", False),
+    ("bf16, plain, NCHW", "bf16", "plain", False),
+    ("bf16, plain, channels-last (mmcli bf16)", "bf16", "auto", True),
+)
+
+
+def compare(args) -> None:
+    """One model and batch; each round runs one step of every variant, in turn. The machine
+    drifts between fast and slow states, so ratios are taken within a round."""
+    from mmcli.model.transformer import set_attention_impl
+
+    model, opt, batch = build(args)
+    model.train()
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    times = {v[0]: [] for v in VARIANTS}
+    for r in range(args.compare + 1):  # round 0 warms every variant up
+        for name, precision, attention, nhwc in VARIANTS:
+            set_attention_impl(attention)
+            model.vision._nhwc_memory = nhwc
+            session = SimpleNamespace(autocast=bf16 if precision == "bf16" else nullcontext)
+            t0 = time.perf_counter()
+            step(model, opt, batch, session, 0.1)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    base = VARIANTS[0][0]
+    print(f"{args.compare} rounds, {5 * args.images} captions a step, threads {torch.get_num_threads()}")
+    print(f"{'variant':42s} {'median s':>9s} {'captions/s':>11s} {'speed-up (median of rounds)':>28s}")
+    for name, *_ in VARIANTS:
+        ratio = statistics.median(b / t for b, t in zip(times[base], times[name]))
+        med = statistics.median(times[name])
+        print(f"{name:42s} {med:9.3f} {5 * args.images / med:11.1f} {ratio:27.2f}x")
 
 
 if __name__ == "__main__":
