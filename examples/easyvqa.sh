@@ -16,7 +16,8 @@
 # 3. The fusion table: the default with --fusion cross and --fusion concat (RESULTS.md):
 #      seed 0: late 99.68%, cross 90.24% (617 s), concat 93.17% (about 5x slower per step than
 #      late: each question carries the image's 64 tokens through the fusion layers);
-#      seeds 1, 2: cross 90.72%, 90.53% (about 12 min each with other work sharing the CPU).
+#      seeds 1, 2: cross 90.72%, 90.53% (about 12 min each with other work sharing the CPU);
+#      concat 94.22%, 88.18% (1,122 s and 1,090 s of training alone on the AVX-512 machine).
 #
 # Why late fusion: yes/no questions ("is there a red shape?", "does the image not contain a
 # triangle?") compare a colour or shape named in the question with the image's. Late fusion's
