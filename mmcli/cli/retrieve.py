@@ -82,7 +82,7 @@ def retrieve(
     print(f"mmcli: index {idx_path}: {len(idx.paths)} images ({counts['embedded']} embedded, {counts['reused']} "
           f"reused, {counts['removed']} removed{bad})", file=sys.stderr)
     if eval_captions is not None:
-        _evaluate(m, idx, (eval_captions, caps), out, k)
+        _evaluate(m, idx, eval_captions, caps, out, k)
         return
     if image is not None and captions is not None:
         caps = [(iid, c) for iid, cs in caps.items() for c in cs]
@@ -143,13 +143,12 @@ def _show(rows: list[dict], as_json: bool, columns: tuple[str, ...], title: str)
     Console().print(t)
 
 
-def _evaluate(m, idx, captions: tuple[Path, dict], out: Path, k: int) -> None:
-    """Rank the index's images for each caption and the captions for each image; write the ranking
-    and its ground truth."""
+def _evaluate(m, idx, captions_file: Path, caps: dict, out: Path, k: int) -> None:
+    """Rank the index's images for each caption (``caps``, read from ``captions_file``) and the
+    captions for each image; write the ranking and its ground truth."""
     from ..fileio import atomic_write_text
     from ..search import top_k
 
-    captions_file, caps = captions
     by_id = {Path(p).stem: k for k, p in enumerate(idx.paths)}
     missing = [i for i in caps if i not in by_id]
     if missing:
