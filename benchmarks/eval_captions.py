@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--preds", help="write the captions here (COCO results JSON)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="the weights' dtype for decoding (bf16: as `mmcli caption --precision bf16`)")
     a = ap.parse_args()
 
     import torch
@@ -42,6 +44,8 @@ def main() -> None:
 
     run = Path(a.run)
     model, ckpt = load_model(run / "best" if (run / "best").is_dir() else run)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.precision]
+    model = model.to(dtype)
     tok, max_len = ckpt.tokenizer, model.cfg.max_text_len - 1
     split = load_dataset(a.data).split(a.split)
     source = ImageSource(make_transform(model.vision.data_config))
@@ -49,6 +53,7 @@ def main() -> None:
     preds, refs, t0 = {}, {}, time.perf_counter()
     with torch.no_grad():
         for b in loader:
+            b.images = b.images.to(dtype)
             if a.beam > 1:
                 out = beam_search(model, b.images, tok.bos_id, tok.eos_id, max_len, beam=a.beam)
             else:
@@ -59,7 +64,7 @@ def main() -> None:
     scores = score_captions(preds, refs, metrics=("bleu", "rouge_l", "cider_d")).scores
     if a.preds:
         atomic_write_text(a.preds, json.dumps([{"image_id": k, "caption": v} for k, v in preds.items()], indent=0) + "\n")
-    print(json.dumps({"run": str(run), "split": a.split, "beam": a.beam, "images": len(preds),
+    print(json.dumps({"run": str(run), "split": a.split, "beam": a.beam, "precision": a.precision, "images": len(preds),
                       "seconds": round(seconds, 1), **{k: round(v, 4) for k, v in scores.items()}}))
 
 

@@ -7,7 +7,7 @@ is the CPU default, ``dataclasses.replace`` changes a field.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import UserError
 
@@ -29,6 +29,9 @@ class ModelConfig:
     """Everything needed to build a vision-language model."""
 
     backbone: str = "resnet18"  # any timm model name
+    # more keyword arguments of the timm model's constructor, e.g. {"depth": 4, "embed_dim": 256} for a
+    # smaller ViT of the same family (--model backbone.depth=4,backbone.embed_dim=256)
+    backbone_args: dict = field(default_factory=dict)
     image_size: int = 224
     pretrained: bool = False  # timm weights from the hub (needs the network) ...
     backbone_weights: str | None = None  # ... or from a local file
@@ -124,6 +127,17 @@ def parse_model_overrides(spec: str) -> dict:
         if not part.strip():
             continue  # (a trailing comma)
         key, eq, text = (x.strip() for x in part.partition("="))
+        if key.startswith("backbone.") and eq:  # backbone.depth=4 -> backbone_args["depth"] = 4
+            name = key[len("backbone."):]
+            if not name.isidentifier():
+                raise UserError(f"--model {key}: {name!r} is not a keyword argument name")
+            args = out.setdefault("backbone_args", {})
+            if name in args:
+                raise UserError(f"--model: {key} is given twice")
+            args[name] = _plain_value(text)
+            continue
+        if key == "backbone_args":
+            raise UserError("--model backbone_args: give each argument as backbone.NAME=VALUE, e.g. backbone.depth=4")
         if key in SET_ELSEWHERE:
             raise UserError(f"--model {key}: not a --model setting; it comes from {SET_ELSEWHERE[key]}")
         if key not in hints:
@@ -134,6 +148,26 @@ def parse_model_overrides(spec: str) -> dict:
             raise UserError(f"--model: {key} is given twice")
         out[key] = _field_value(key, text, hints[key])
     return out
+
+
+def _plain_value(text: str):
+    """A backbone argument's value: an int, a float, true/false, none, else the string."""
+    import math
+
+    low = text.lower()
+    if low in _TRUE + _FALSE and low not in ("1", "0"):
+        return low in _TRUE
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        if kind is float and not math.isfinite(value):
+            break
+        return value
+    return text
 
 
 def _field_value(key: str, text: str, hint):

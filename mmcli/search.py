@@ -37,10 +37,15 @@ def default_index_path(folder: Path) -> Path:
 
 
 def model_id(model) -> str:
+    """What an index's embeddings depend on: the weights file, and the inference dtype when not fp32
+    (bf16 embeddings differ from fp32 ones in their last bits: another precision rebuilds the index)."""
     h = hashlib.sha256()
     with open(Path(model.checkpoint.path) / "model.safetensors", "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    dtype = getattr(model, "dtype", None)
+    if dtype is not None and str(dtype) != "torch.float32":
+        h.update(str(dtype).encode())
     return h.hexdigest()
 
 

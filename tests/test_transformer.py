@@ -12,6 +12,7 @@ from mmcli.model.transformer import (
     Attention,
     Block,
     KVCache,
+    LayerCache,
     attend,
     causal_mask,
     get_attention_impl,
@@ -194,9 +195,9 @@ def test_attention_impl_default_is_settable():
     assert get_attention_impl() == before
 
 
-def test_auto_attention_is_plain_for_bf16_training_on_cpu_only(monkeypatch):
-    """"auto" (the default) takes the plain path exactly when it is the faster one: bf16 with
-    gradients on a CPU; fp32, and inference, go through SDPA."""
+def test_auto_attention_is_plain_for_bf16_on_cpu(monkeypatch):
+    """"auto" (the default) takes the plain path exactly when it is the faster one: bf16 on a CPU,
+    with or without gradients; fp32 goes through SDPA."""
     assert get_attention_impl() == "auto"
     from mmcli.model import transformer
 
@@ -204,12 +205,13 @@ def test_auto_attention_is_plain_for_bf16_training_on_cpu_only(monkeypatch):
     real = transformer.attention_probs
     monkeypatch.setattr(transformer, "attention_probs", lambda *a: calls.append(1) or real(*a))
     q, k, v = (torch.randn(2, 2, 5, 8, requires_grad=True) for _ in range(3))
-    for dtype, grad, plain in ((torch.bfloat16, True, True), (torch.bfloat16, False, False),
-                               (torch.float32, True, False)):
+    for dtype, grad, queries, plain in ((torch.bfloat16, True, 5, True), (torch.bfloat16, False, 5, True),
+                                        (torch.bfloat16, False, 1, True), (torch.float32, True, 5, False),
+                                        (torch.float32, False, 1, False)):
         calls.clear()
         with torch.set_grad_enabled(grad):
-            attend(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=True)
-        assert bool(calls) == plain, (dtype, grad)
+            attend(q[:, :, -queries:].to(dtype), k.to(dtype), v.to(dtype), is_causal=True)
+        assert bool(calls) == plain, (dtype, grad, queries)
 
 
 # ---------------------------------------------------------------------------
@@ -293,3 +295,27 @@ def test_mlp_and_block_shapes():
     assert Block(16, 4, mlp_ratio=2.0)(x).shape == (2, 5, 16)
     with pytest.raises(ValueError):
         Attention(10, 3)
+
+
+def test_grouped_cross_attention_cache_equals_one_copy_per_row():
+    """Beam search's rows share their image's cached keys and values (group = beams): the outputs equal
+    a cache holding a copy per row, after reordering beams within images and dropping an image."""
+    torch.manual_seed(0)
+    attn = Attention(16, 2, cross=True).eval()
+    context = torch.randn(2, 7, 16)  # two images
+    x = torch.randn(6, 1, 16)  # three beams each
+    grouped, copied = LayerCache(), LayerCache()
+    grouped.k, grouped.v = attn.context_kv(context, contiguous=True)
+    k, v = attn.context_kv(context)
+    copied.k, copied.v = k.repeat_interleave(3, 0), v.repeat_interleave(3, 0)
+    grouped.group = 3
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, cache=grouped), attn(x, cache=copied))
+        reorder = torch.tensor([2, 2, 0, 4, 3, 3])  # beams move within their image
+        grouped.select(reorder), copied.select(reorder)
+        assert grouped.k.shape[0] == 2  # nothing copied
+        torch.testing.assert_close(attn(x, cache=grouped), attn(x, cache=copied))
+        keep = torch.tensor([3, 5, 4])  # the first image finished: its block is dropped
+        grouped.select(keep), copied.select(keep)
+        assert grouped.k.shape[0] == 1
+        torch.testing.assert_close(attn(x[3:], cache=grouped), attn(x[3:], cache=copied))

@@ -222,3 +222,37 @@ def test_drop_stages_gives_finer_tokens_and_loads_full_weights(tmp_path):
 def test_drop_stages_out_of_range_is_a_user_error(k):
     with pytest.raises(UserError, match="cannot drop"):
         VisionTower(CNN, dim=8, image_size=64, drop_stages=k)
+
+
+def test_backbone_args_build_another_size_of_the_family():
+    tower = VisionTower("vit_base_patch16_224", dim=16, image_size=32, args={"depth": 2, "embed_dim": 48, "num_heads": 3})
+    assert len(tower.backbone.blocks) == 2 and tower.feature_dim == 48 and tower.num_tokens == 5  # 2x2 + class
+    with pytest.raises(UserError, match="cannot build it at image size 32 with no_such_arg=1"):
+        VisionTower("vit_base_patch16_224", dim=16, image_size=32, args={"no_such_arg": 1})
+
+
+def test_model_option_backbone_args():
+    from mmcli.config import parse_model_overrides
+
+    assert parse_model_overrides("backbone.depth=4,backbone.embed_dim=256,dim=128,backbone.qkv_bias=false") == \
+        {"backbone_args": {"depth": 4, "embed_dim": 256, "qkv_bias": False}, "dim": 128}
+    for spec, message in (("backbone.depth=2,backbone.depth=3", "given twice"),
+                          ("backbone_args=x", "backbone.NAME=VALUE"), ("backbone.2x=1", "not a keyword argument")):
+        with pytest.raises(UserError, match=message):
+            parse_model_overrides(spec)
+
+
+def test_vit_attention_takes_mmcli_s_path_per_precision(vit):
+    """A timm ViT's attention follows mmcli's rule: its plain matmul-softmax for bf16 on a CPU, SDPA
+    otherwise; both give the same tokens."""
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = vit(x)
+        assert not any(m.fused_attn for m in vit._timm_attention) and vit._timm_attention
+        with torch.no_grad():
+            inferred = vit(x)
+            assert not any(m.fused_attn for m in vit._timm_attention)
+    full = vit(x)
+    assert all(m.fused_attn for m in vit._timm_attention)
+    assert torch.allclose(trained.float(), inferred.float(), atol=0.1)
+    assert torch.allclose(trained.float(), full, atol=0.1)

@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UserError
-from .options import MAX_BATCH, MAX_BEAM, MAX_SEED, MAX_TOP, allow_outside_root_option, finite
+from .options import (MAX_BATCH, MAX_BEAM, MAX_SEED, MAX_TOP, InferPrecision, Precision, allow_outside_root_option,
+                      finite)
 
 # ---------------------------------------------------------------------------- shared options
 ModelDir = Annotated[Path, typer.Option(
@@ -137,6 +138,7 @@ def caption(
     explain: Explain = None,
     strict: Strict = False,
     device: Device = "auto",
+    precision: InferPrecision = Precision.auto,
 ) -> None:
     from ..api import load
     from ..fileio import atomic_write_text
@@ -148,7 +150,7 @@ def caption(
         raise UserError(f"--explain draws one image's caption; {len(paths)} images were given")
     if len(paths) == 1:  # one image: an unreadable one is the error itself (its name and the problem)
         load_one_image(paths[0])
-    m = load(model, device)
+    m = load(model, device, precision.value)
     if explain is not None:
         from ..explain import caption_attention, draw_panels
 
@@ -205,6 +207,7 @@ def vqa(
     explain: Explain = None,
     strict: Strict = False,
     device: Device = "auto",
+    precision: InferPrecision = Precision.auto,
     allow_outside_root: Annotated[bool, allow_outside_root_option()] = False,
 ) -> None:
     from ..api import load
@@ -217,7 +220,7 @@ def vqa(
         if explain is not None:
             raise UserError("--explain draws one question about one image; leave out --questions")
         rows = read_questions(questions, images, allow_outside_root)
-        m = load(model, device)
+        m = load(model, device, precision.value)
         _vqa_batch(m, rows, out, batch_size, strict)
         return
     if image is None or question is None:
@@ -228,7 +231,7 @@ def vqa(
     if not image.exists():
         raise UserError(f"{image}: no such image file")
     pic = load_one_image(image)
-    m = load(model, device)
+    m = load(model, device, precision.value)
     batch = m.images_tensor([pic])
     answers = m.answer_tensor(batch, [0], [question], top_k)[0]
     if explain is not None:

@@ -87,7 +87,8 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", metavar="KEY=VALUE[,...]",
     help="Model settings over the preset's: comma-separated ModelConfig fields, e.g. drop_stages=1,dropout=0.2 "
     "or text_layers=1,fusion_layers=3 (also backbone, image_size, dim, heads, mlp_ratio, embed_dim, "
-    "freeze_backbone, image_pool...; true/false for switches, none for an optional path). "
+    "freeze_backbone, image_pool...; true/false for switches, none for an optional path); backbone.NAME=VALUE "
+    "passes NAME to the timm model's constructor, e.g. backbone.depth=4,backbone.embed_dim=256 for a smaller ViT. "
     "Refused with --init: the init run fixes the model.  \\[default: the preset's]", show_default=False)]
 AugmentOpt = Annotated[Augment, typer.Option(
     "--augment", help="Training images: none (the eval resize and center crop) or light (a random-resized crop of "
@@ -105,6 +106,25 @@ ImageCacheOpt = Annotated[bool, typer.Option(
     help="Decode every train/val/test image once into one memory-mapped cache (square, at the eval transform's "
     "resize side, e.g. 134 px for 128 px images) under $MMCLI_CACHE (else ~/.cache/mmcli); later runs on the "
     "same data and image size reuse it, changed files rebuild it.")]
+FreezeBackbone = Annotated[bool, typer.Option(
+    "--freeze-backbone/--no-freeze-backbone",
+    help="Keep the backbone's weights as they start (from --init, --model backbone_weights=FILE, or random); "
+    "the projection after it and everything else train. The backbone then runs forward only.")]
+FeatureCacheOpt = Annotated[bool, typer.Option(
+    "--feature-cache/--no-feature-cache",
+    help="With --freeze-backbone: run the backbone once over every train/val/test image (eval transform) and "
+    "store its features under $MMCLI_CACHE; training reads them instead of images, and later runs with the "
+    "same backbone weights reuse them. Not with --augment light.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile/--no-compile",
+    help="torch.compile the image tower and the Transformer blocks for the training steps (validation runs "
+    "eagerly): fused element-wise work, a minute or more of compiling first; pays on long runs (BENCHMARKS.md).")]
+GroupCaptions = Annotated[bool, typer.Option(
+    "--group-captions/--no-group-captions",
+    help="caption, retrieval, pretrain: one batch item per image with all its captions, the image encoded once "
+    "for all of them (--batch-size then counts images). The LM loss is the mean over all caption tokens, as for "
+    "pairs; ITC scores every caption, an image's own captions all counting as its matches; ITM takes one "
+    "caption per image, each in turn.")]
 Beam = Annotated[int, typer.Option(
     min=1, max=MAX_BEAM, help="Captions for validation and the final test: 1 = greedy decoding, N > 1 = beam search "
     "of width N.")]
@@ -116,7 +136,12 @@ GradAccum = Annotated[int, typer.Option(min=1, max=MAX_STEPS, help="Batches per 
 Lr = Annotated[float, typer.Option(min=0.0, callback=finite, help="Peak learning rate (linear warmup, cosine decay).")]
 WarmupSteps = Annotated[int, typer.Option(min=0, max=MAX_STEPS, help="Linear warmup steps.")]
 PrecisionOpt = Annotated[Precision, typer.Option(
-    "--precision", help="auto: bf16 on a CUDA GPU that supports it, else fp32; fp16 is CUDA only.")]
+    "--precision", help="Autocast dtype of training: auto = bf16 where the device computes it natively (a CUDA GPU "
+    "with bf16, a CPU with AVX-512 BF16 or AMX; about 2x faster there), else fp32; fp16 is CUDA only.")]
+InferPrecision = Annotated[Precision, typer.Option(
+    "--precision", help="The model's weights for inference: auto = bf16 on a CUDA GPU that has it, else fp32 "
+    "(each image then gets the caption it gets alone); bf16 on a CPU with AVX-512 BF16 or AMX is about 1.4x "
+    "faster and may change a caption where two words are near a tie; fp16 is CUDA only.")]
 Seed = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the initialisation and the data order.")]
 Deterministic = Annotated[bool, typer.Option(
     help="Deterministic kernels, no worker processes: bit-identical resumes.")]

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import UserError
 from .infer import BatchSize, Device, ModelDir, Strict, load_one_image
-from .options import MAX_TOP
+from .options import MAX_TOP, InferPrecision, Precision
 
 SHORT = "Search an image folder by text or image with a trained run (an embedding index, kept up to date)."
 HELP = """Search the images of a folder with a trained run's image and text embeddings.
@@ -55,6 +55,7 @@ def retrieve(
     batch_size: BatchSize = 64,
     strict: Strict = False,
     device: Device = "auto",
+    precision: InferPrecision = Precision.auto,
 ) -> None:
     from ..api import load
     from ..search import default_index_path, top_k, update_index
@@ -75,7 +76,7 @@ def retrieve(
     # the user's files are read before any work: an unreadable one is its error, not minutes later
     query_image = load_one_image(image) if image is not None else None
     caps = _captions(captions if image is not None else eval_captions)
-    m = load(model, device)
+    m = load(model, device, precision.value)
     idx_path = index or default_index_path(images)
     idx, counts = update_index(m, images, idx_path, batch_size, strict)
     bad = f", {counts['skipped']} unreadable skipped" if counts["skipped"] else ""

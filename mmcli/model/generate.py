@@ -25,6 +25,10 @@ class State(Protocol):
     def select(self, index: torch.Tensor) -> None:
         """Keep, reorder or repeat batch rows in place: row i becomes old row index[i]."""
 
+    def expand(self, k: int) -> None:
+        """Every row becomes k consecutive rows (row i: rows i*k .. i*k + k-1); beam search then
+        reorders rows within those blocks and drops whole blocks only."""
+
 
 class Decoder(Protocol):
     def start(self, images: torch.Tensor) -> State:
@@ -163,7 +167,7 @@ def beam_search(
     device = images.device
     state = decoder.start(images)
     # image i owns rows i*beam .. i*beam + beam-1
-    state.select(torch.arange(n, device=device).repeat_interleave(beam))
+    state.expand(beam)
     search = _Beams(n, beam, eos_id, length_penalty, device)
     tokens = torch.full((n * beam, 1), bos_id, dtype=torch.long, device=device)  # (rows, 1)
     for t in range(max_len):

@@ -46,6 +46,18 @@ def get_attention_impl() -> str:
     return _default_impl
 
 
+def resolve_attention_impl(device_type: str, dtype: torch.dtype, impl: str | None = None) -> str:
+    """"sdpa" or "plain" for attention in ``dtype`` on ``device_type`` (``impl`` None: the module
+    default). "auto" takes "plain" for bf16 on a CPU, where SDPA's flash kernels are slower than the two
+    matrix products and a softmax (its backward most of all; benchmarks/peer_hf.py and
+    profile_caption_step.py), and "sdpa" everywhere else. The image tower applies the same rule to a
+    timm ViT's attention."""
+    impl = impl or _default_impl
+    if impl == "auto":
+        return "plain" if device_type == "cpu" and dtype == torch.bfloat16 else "sdpa"
+    return impl
+
+
 def causal_mask(tq: int, tk: int, device: torch.device | None = None) -> torch.Tensor:
     """(Tq, Tk) bool: query i sits at position Tk - Tq + i and sees keys up to it.
 
@@ -68,15 +80,12 @@ def attend(
     ``mask``: bool, True = may attend, broadcastable to (B, H, Tq, Tk), or None.
     ``is_causal``: query i is at position Tk - Tq + i and sees keys up to that
     position (bottom-right aligned); combined with ``mask`` when both are given.
-    ``impl``: "sdpa", "plain" or "auto" ("plain" for bf16 with gradients on a
-    CPU, else "sdpa"); None uses the module default (``set_attention_impl``).
+    ``impl``: "sdpa", "plain" or "auto" ("plain" for bf16 on a CPU, else "sdpa";
+    :func:`resolve_attention_impl`); None uses the module default (``set_attention_impl``).
     A query row that may see no key at all gives zeros with "sdpa" and the
     mean of v with "plain".
     """
-    impl = impl or _default_impl
-    if impl == "auto":
-        plain = q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
-        impl = "plain" if plain else "sdpa"
+    impl = resolve_attention_impl(q.device.type, q.dtype, impl)
     mask, is_causal = _with_causal(q, k, mask, is_causal, keep_fast_path=impl == "sdpa")
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
@@ -105,13 +114,13 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None 
     """The attention weights (B, H, Tq, Tk), fp32, of q (B, H, Tq, Dh) over k (B, H, Tk, Dh)."""
     # scale q rather than the scores: Tq*Dh multiplications instead of Tq*Tk
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
-    # softmax in fp32: bf16 has too few mantissa bits for a stable exp-normalise
-    scores = scores.float()
     if mask is not None:
         # the most negative finite number, not -inf: a fully masked row then
         # gives a uniform distribution instead of NaN
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return scores.softmax(dim=-1)
+    # the softmax computed in fp32 (bf16 has too few mantissa bits for a stable exp-normalise), read
+    # from the scores as they are: no fp32 copy of them first
+    return scores.softmax(dim=-1, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -125,10 +134,16 @@ class LayerCache:
     Self-attention appends the new positions at every step; cross-attention
     stores the context's keys and values once and reuses them. Meant for
     inference (under ``torch.no_grad``).
+
+    ``group``: query rows per cached row. Beam search runs ``beam`` rows per image, which all attend
+    to the same image: a cross-attention cache keeps each image's keys and values once (group =
+    beam; rows i*beam .. i*beam + beam-1 read cached row i) instead of a copy per beam that every
+    reordering of the beams would copy again.
     """
 
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
+    group: int = 1
 
     @property
     def length(self) -> int:
@@ -138,15 +153,25 @@ class LayerCache:
         """Add (B, H, t, Dh) keys and values; return all of them cached so far."""
         # torch.cat copies the cache each step, but a caption is tens of tokens
         # and beam search copies it anyway when select() reorders the rows
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)  # (B, H, T + t, Dh)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)  # (B, H, T + t, Dh)
+        # (contiguous from the start: the keys are a strided view of the fused projection, which every
+        # attention product would otherwise copy again at every step)
+        self.k = k.contiguous() if self.k is None else torch.cat([self.k, k], dim=2)  # (B, H, T + t, Dh)
+        self.v = v.contiguous() if self.v is None else torch.cat([self.v, v], dim=2)  # (B, H, T + t, Dh)
         return self.k, self.v
 
     def select(self, index: torch.Tensor) -> None:
-        """Keep, reorder or repeat batch rows: row i becomes old row index[i]."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
+        """Keep, reorder or repeat batch rows: row i becomes old row index[i]. A grouped cache moves
+        whole groups only (beam search reorders beams within an image and drops finished images):
+        it keeps the cached row of each group of ``index``, and copies nothing when that is every
+        row in order."""
+        if self.k is None:
+            return
+        if self.group > 1:
+            index = index[:: self.group] // self.group  # (groups,): the old group of each new one
+            if index.numel() == self.k.shape[0] and bool((index == torch.arange(len(index), device=index.device)).all()):
+                return
+        self.k = self.k.index_select(0, index)
+        self.v = self.v.index_select(0, index)
 
 
 @dataclass
@@ -159,6 +184,14 @@ class BlockCache:
     def select(self, index: torch.Tensor) -> None:
         self.self_attn.select(index)
         self.cross_attn.select(index)
+
+    def expand(self, k: int) -> None:
+        """Every row becomes k rows (beam search's start): the self-attention cache repeats its rows;
+        the cross-attention cache keeps its rows and serves each to k query rows (``group``)."""
+        if self.self_attn.k is not None:
+            self.self_attn.select(torch.arange(self.self_attn.k.shape[0], device=self.self_attn.k.device)
+                                  .repeat_interleave(self.self_attn.group * k))
+        self.cross_attn.group *= k
 
 
 class KVCache:
@@ -186,10 +219,15 @@ class KVCache:
         return self.layers[0].self_attn.length if self.layers else 0
 
     def select(self, index: torch.Tensor) -> None:
-        """index_select every cached tensor along the batch dim (beam search
-        reorders rows, expands B to B * beam, or drops finished rows with it)."""
+        """index_select every cached tensor along the batch dim (beam search reorders rows, or
+        drops finished rows with it; greedy drops finished rows)."""
         for layer in self.layers:
             layer.select(index)
+
+    def expand(self, k: int) -> None:
+        """Every row becomes k consecutive rows (beam search: k beams per image); see BlockCache.expand."""
+        for layer in self.layers:
+            layer.expand(k)
 
 
 # ---------------------------------------------------------------------------
@@ -225,10 +263,12 @@ class Attention(nn.Module):
         x = x.view(b, t, n, self.heads, -1)  # (B, T, n, H, Dh)
         return x.permute(2, 0, 3, 1, 4).unbind(0)  # n x (B, H, T, Dh)
 
-    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention keys and values of a (B, Tk, D) context, (B, H, Tk, Dh) each."""
+    def context_kv(self, context: torch.Tensor, contiguous: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values of a (B, Tk, D) context, (B, H, Tk, Dh) each: strided views
+        of one projection, or ``contiguous`` copies (for a cache that every decoding step reads: made
+        once here instead of by each step's attention products)."""
         k, v = self._split(self.kv(context), 2)
-        return k, v
+        return (k.contiguous(), v.contiguous()) if contiguous else (k, v)
 
     def forward(
         self,
@@ -251,14 +291,15 @@ class Attention(nn.Module):
         once per context row and gathered, not once per row of x.
         """
         b, t, d = x.shape
+        group = 1
         if self.cross:
             (q,) = self._split(self.q(x), 1)
             if cache is not None and cache.k is not None:
-                k, v = cache.k, cache.v  # the image, encoded once per generation
+                k, v, group = cache.k, cache.v, cache.group  # the image, encoded once per generation
             else:
                 if context is None:
                     raise ValueError("cross-attention needs a context (or a filled cache)")
-                k, v = self.context_kv(context)
+                k, v = self.context_kv(context, contiguous=cache is not None)
                 if context_index is not None:
                     k, v = k.index_select(0, context_index), v.index_select(0, context_index)
                 if cache is not None:
@@ -267,10 +308,18 @@ class Attention(nn.Module):
             q, k, v = self._split(self.qkv(x), 3)
             if cache is not None:
                 k, v = cache.append(k, v)
+        if group > 1 and self.record is not None:  # (recording wants one row per query row)
+            k, v, group = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0), 1
+        if group > 1:
+            # the query rows of one image side by side: (B / g, H, g * t, Dh) against its one copy of the keys
+            h, dh = q.shape[1], q.shape[3]
+            q = q.reshape(b // group, group, h, t, dh).transpose(1, 2).reshape(b // group, h, group * t, dh)
         if self.record is not None:
             self.record.append(attention_probs(q, k, _with_causal(q, k, mask, is_causal, False)[0]).detach())
-        out = attend(q, k, v, mask=mask, is_causal=is_causal)  # (B, H, T, Dh)
-        out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D): heads side by side again
+        out = attend(q, k, v, mask=mask, is_causal=is_causal)  # (B, H, T, Dh), or (B / g, H, g * T, Dh)
+        if group > 1:
+            out = out.reshape(b // group, h, group, t, dh).transpose(1, 2)  # (B / g, g, H, T, Dh): rows again
+        out = out.transpose(-3, -2).reshape(b, t, d)  # (B, T, D): heads side by side again
         return self.dropout(self.proj(out))
 
 
@@ -306,7 +355,7 @@ class Block(nn.Module):
         """Fill the cross-attention cache from a (B, Tk, D) context ahead of decoding,
         so that the generation state needs only the KV cache."""
         if self.cross_attn is not None:
-            cache.cross_attn.k, cache.cross_attn.v = self.cross_attn.context_kv(context)
+            cache.cross_attn.k, cache.cross_attn.v = self.cross_attn.context_kv(context, contiguous=True)
 
     def forward(
         self,

@@ -55,13 +55,14 @@ class VisionTower(nn.Module):
     """
 
     def __init__(self, name: str, dim: int, image_size: int, pretrained: bool = False,
-                 weights: str | os.PathLike | None = None, freeze: bool = False, drop_stages: int = 0):
+                 weights: str | os.PathLike | None = None, freeze: bool = False, drop_stages: int = 0,
+                 args: dict | None = None):
         super().__init__()
         if pretrained and weights is not None:
             raise UserError(f"backbone {name}: choose timm's pretrained weights or a local weights file "
                             f"({weights}), not both")
         self.name, self.image_size, self.frozen = name, int(image_size), bool(freeze)
-        self.backbone = _create_backbone(name, self.image_size, pretrained)
+        self.backbone = _create_backbone(name, self.image_size, pretrained, args or {})
         self.weights_info = None if weights is None else load_backbone_weights(self.backbone, weights, name)
         if drop_stages:
             _drop_stages(self.backbone, name, int(drop_stages))
@@ -74,6 +75,9 @@ class VisionTower(nn.Module):
         # CPU (benchmarks/profile_caption_step.py: a bf16 Flickr8k step about 10% faster) and in
         # cuDNN. The weights stay as they are (a state dict of contiguous tensors, as safetensors wants).
         self._nhwc_memory = _is_cnn(self.backbone)
+        # timm attention modules that can take SDPA or their own matmul-softmax path (ViTs): set per forward
+        # by mmcli's attention rule (mmcli.model.transformer.resolve_attention_impl)
+        self._timm_attention = [m for m in self.backbone.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
         self.proj = nn.Linear(self.feature_dim, dim)
         self.norm = nn.LayerNorm(dim)
         self._flops: int | None = None
@@ -82,14 +86,31 @@ class VisionTower(nn.Module):
             self.backbone.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W), normalised as ``data_config`` says -> tokens (B, N, dim)."""
-        return self.norm(self.proj(self.features(images)))
+        """images (B, 3, H, W), normalised as ``data_config`` says -> tokens (B, N, dim).
+
+        (B, N, C) input is taken as the backbone's features already computed (a frozen backbone's,
+        from ``mmcli.data.features.FeatureCache``): only the projection runs."""
+        feats = images if images.ndim == 3 else self.features(images)
+        return self.norm(self.proj(feats))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's unprojected tokens (B, N, C)."""
         if self._nhwc_memory:
             images = images.contiguous(memory_format=torch.channels_last)
+        if self._timm_attention:
+            self._choose_attention(images.device.type)
         return self._to_tokens(self.backbone(images))
+
+    def _choose_attention(self, device_type: str) -> None:
+        """SDPA or timm's plain attention for this forward, as mmcli's own attention chooses: plain for
+        bf16 training on a CPU (SDPA's flash backward is slow there; benchmarks/peer_hf.py)."""
+        from .transformer import resolve_attention_impl
+
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else next(self.backbone.parameters()).dtype
+        fused = resolve_attention_impl(device_type, dtype) == "sdpa"
+        for m in self._timm_attention:
+            m.fused_attn = fused
 
     def _to_tokens(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4 and self._channels_last:
@@ -190,11 +211,13 @@ def _drop_stages(backbone: nn.Module, name: str, k: int) -> None:
     backbone.prune_intermediate_layers(indices=[n - 1 - k], prune_norm=True, prune_head=True)
 
 
-def _create_backbone(name: str, image_size: int, pretrained: bool) -> nn.Module:
+def _create_backbone(name: str, image_size: int, pretrained: bool, args: dict) -> nn.Module:
+    """``timm.create_model(name, ...)`` without a head or pooling; ``args`` are more keyword arguments of
+    the model's constructor (a ViT's ``depth``, ``embed_dim``, ``num_heads``: another size of a family)."""
     # names with a scheme ("hf-hub:org/model") are resolved by timm itself
     if ":" not in name and not timm.is_model(name):
         raise UserError(f"unknown timm model {name!r}; list the names with {_FIND_NAMES}")
-    kwargs = {"pretrained": pretrained, "num_classes": 0, "global_pool": ""}
+    kwargs = {**args, "pretrained": pretrained, "num_classes": 0, "global_pool": ""}
     try:
         try:
             return timm.create_model(name, img_size=image_size, **kwargs)
@@ -209,7 +232,8 @@ def _create_backbone(name: str, image_size: int, pretrained: bool) -> nn.Module:
             raise UserError(f"backbone {name}: could not get timm's pretrained weights ({_first_line(e)}); "
                             "this downloads from the Hugging Face Hub and needs the network; offline, "
                             "pass a local file with --backbone-weights FILE") from None
-        raise UserError(f"backbone {name}: cannot build it at image size {image_size} ({_first_line(e)})") from None
+        given = f" with {', '.join(f'{k}={v}' for k, v in args.items())}" if args else ""
+        raise UserError(f"backbone {name}: cannot build it at image size {image_size}{given} ({_first_line(e)})") from None
 
 
 # ============================================================================ local weights

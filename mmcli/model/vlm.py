@@ -33,18 +33,23 @@ from .vision import VisionTower
 
 @dataclass
 class DecodeState:
-    """What generation carries from step to step: the image tokens and the KV caches."""
+    """What generation carries from step to step: the KV caches (the image is in them: cross-attention
+    keys and values of the image tokens, or concat's image positions)."""
 
-    image: torch.Tensor  # (B, N, D) image tokens
     text_cache: KVCache  # the unimodal text layers
     fusion_cache: KVCache  # the multimodal layers (for concat: image positions included)
     pos: int = 0  # text positions decoded so far
 
     def select(self, index: torch.Tensor) -> None:
         """Keep / reorder / repeat batch rows (beam search)."""
-        self.image = self.image.index_select(0, index)
         self.text_cache.select(index)
         self.fusion_cache.select(index)
+
+    def expand(self, k: int) -> None:
+        """Every row becomes k consecutive rows (beam search's beams); the image's cross-attention keys
+        and values stay one copy per image."""
+        self.text_cache.expand(k)
+        self.fusion_cache.expand(k)
 
 
 class VLM(nn.Module):
@@ -54,7 +59,7 @@ class VLM(nn.Module):
         D = cfg.dim
         self.vision = VisionTower(
             cfg.backbone, D, cfg.image_size, pretrained=cfg.pretrained, weights=cfg.backbone_weights, freeze=cfg.freeze_backbone,
-            drop_stages=cfg.drop_stages,
+            drop_stages=cfg.drop_stages, args=cfg.backbone_args,
         )
         n_img = self.vision.num_tokens
         self.image_pos = nn.Parameter(torch.zeros(1, n_img, D))  # CNN tokens carry no position of their own
@@ -111,6 +116,15 @@ class VLM(nn.Module):
                 if isinstance(m, nn.LayerNorm):
                     m.weight.fill_(1.0)
                     m.bias.zero_()
+
+    def compile_layers(self) -> None:
+        """``torch.compile`` the image tower and every Transformer block in place (``nn.Module.compile``:
+        the state dict keeps its names), for training: the compiler fuses the small element-wise work
+        (norms, activations, residual adds, casts) between the matrix products. Text lengths that change
+        from batch to batch compile once more as dynamic shapes."""
+        self.vision.compile()
+        for blk in (*self.text_blocks, *getattr(self, "fusion_blocks", ())):
+            blk.compile()
 
     # ------------------------------------------------------------------ towers
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -215,12 +229,16 @@ class VLM(nn.Module):
 
     # ------------------------------------------------------------------ generation (generate.Decoder)
     def start(self, images: torch.Tensor) -> DecodeState:
-        """Encode the image once and prepare the caches."""
+        """Encode the image once and fill the caches with it."""
         if self.cfg.fusion == "late":
             raise ValueError("late fusion cannot generate text")
         img = self.encode_image(images)
-        state = DecodeState(img, KVCache.for_layers(len(self.text_blocks)), KVCache.for_layers(len(self.fusion_blocks)))
-        if self.cfg.fusion == "concat":
+        state = DecodeState(KVCache.for_layers(len(self.text_blocks)), KVCache.for_layers(len(self.fusion_blocks)))
+        if self.cfg.fusion == "cross":
+            # each layer's keys and values of the image tokens, projected once for the whole generation
+            for blk, cache in zip(self.fusion_blocks, state.fusion_cache.layers):
+                blk.cache_context(img, cache)
+        else:
             # run the image positions through the fusion layers once: they see only
             # each other, so their keys and values never change during decoding
             x = img + self.modality[0]
@@ -242,7 +260,7 @@ class VLM(nn.Module):
                 x = blk(x, is_causal=True, cache=cache)  # sees the cached image and text positions
         else:
             for blk, cache in zip(self.fusion_blocks, state.fusion_cache.layers):
-                x = blk(x, context=state.image, is_causal=True, cache=cache)
+                x = blk(x, is_causal=True, cache=cache)  # cross-attends to the cached image
         state.pos += t
         return self.lm_head(self.fusion_norm(x))
 

@@ -1,0 +1,388 @@
+"""mmcli against a Hugging Face model of the same shape: training steps and generation, side by side.
+
+Builds, with random weights and nothing downloaded, a Hugging Face ``VisionEncoderDecoderModel``
+(a ``ViTConfig`` encoder and a ``GPT2Config(add_cross_attention=True)`` decoder) and the mmcli
+model of the same shape (a timm ViT of the same size, no unimodal text layers, cross-attention
+decoder layers): image 224, patch 16, width 256, 4 encoder and 4 decoder layers, 4 heads, MLP
+ratio 4, vocabulary 8,000, captions of 20 tokens, batch 32 (all flags). Then, in one process,
+interleaved (mmcli and Hugging Face one after the other, the order alternating every round) after
+warm-up rounds, it times:
+
+* ``train_fp32`` / ``train_bf16``: a full training step (forward, backward, gradient clipping,
+  AdamW step) in fp32 and under bf16 autocast; the Hugging Face side is what its Trainer does
+  (the model's own loss, autocast, fused AdamW on torch >= 2.8); the mmcli side is what
+  ``mmcli finetune`` does (``mmcli.train.caption_loss`` and the trainer's optimizer);
+* ``greedy_fp32`` / ``greedy_bf16``: greedy generation of 20 tokens for the batch, KV cache on
+  both sides, end-of-sequence disabled (both emit 20 tokens); bf16: mmcli keeps bf16 weights
+  (as ``mmcli caption --precision bf16``); Hugging Face is timed both under autocast and with
+  its weights in bf16, and the faster of the two is the one compared;
+* ``beam3_fp32`` / ``beam3_bf16``: beam search with 3 beams, the same way.
+
+It prints, per phase, samples (or images) per second for both, the median of the per-round
+ratios, the model FLOP utilisation of the training phases against the matmul ceiling measured in
+the same rounds (the best of a 2048^3 matrix product in that precision), and the share of the CPU
+that other processes used while the phase ran: rerun when it is not near zero.
+
+    pip install -e '.[bench]'
+    python benchmarks/peer_hf.py                        # every phase, 5 rounds
+    python benchmarks/peer_hf.py --phases train_bf16,greedy_bf16 --rounds 7
+    python benchmarks/peer_hf.py --device cuda          # on a GPU (bf16 autocast / weights there too)
+    python benchmarks/peer_hf.py --json out.json        # also the raw timings
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+
+PHASES = ("train_fp32", "train_bf16", "greedy_fp32", "greedy_bf16", "beam3_fp32", "beam3_bf16")
+BOS, EOS, PAD = 1, 2, 0
+
+
+# ============================================================================ the two models
+
+
+def mmcli_model(a) -> torch.nn.Module:
+    """The mmcli VLM of the shape: a timm ViT (``backbone_args`` set its size), no unimodal text
+    layers, ``dec_layers`` cross-attention layers, tied LM head."""
+    from mmcli.config import preset
+    from mmcli.model.vlm import VLM
+
+    vit = {"patch_size": a.patch, "embed_dim": a.dim, "depth": a.enc_layers, "num_heads": a.heads,
+           "mlp_ratio": a.mlp_ratio}
+    cfg = preset("small", backbone="vit_base_patch16_224", backbone_args=vit, image_size=a.image_size, dim=a.dim,
+                 heads=a.heads, text_layers=0, fusion_layers=a.dec_layers, mlp_ratio=a.mlp_ratio,
+                 vocab_size=a.vocab, max_text_len=a.text_len + 1, fusion="cross", dropout=0.0)
+    return VLM(cfg)
+
+
+def hf_model(a) -> torch.nn.Module:
+    """A ``VisionEncoderDecoderModel``: ViT encoder and GPT-2 decoder with cross-attention, SDPA
+    attention, no dropout (as the mmcli model), tied LM head (GPT-2's)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel, VisionEncoderDecoderModel
+
+    hidden = int(a.dim * a.mlp_ratio)
+    enc = ViTConfig(image_size=a.image_size, patch_size=a.patch, hidden_size=a.dim, num_hidden_layers=a.enc_layers,
+                    num_attention_heads=a.heads, intermediate_size=hidden, hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0)
+    dec = GPT2Config(vocab_size=a.vocab, n_positions=a.text_len + 8, n_embd=a.dim, n_layer=a.dec_layers,
+                     n_head=a.heads, n_inner=hidden, add_cross_attention=True, resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    enc._attn_implementation = dec._attn_implementation = "sdpa"
+    model = VisionEncoderDecoderModel(encoder=ViTModel(enc, add_pooling_layer=False), decoder=GPT2LMHeadModel(dec))
+    model.config.decoder_start_token_id, model.config.pad_token_id = BOS, PAD
+    model.config.eos_token_id = EOS
+    return model
+
+
+def model_flops(a) -> dict[str, float]:
+    """Forward FLOPs of one sample of this shape (the same model for both sides: a matmul counts
+    2 per multiply-add; attention scores and their weighted sum included; norms, softmax and
+    element-wise work left out), and of a training step (3x: forward and the two backward products)."""
+    D, H, N = a.dim, int(a.dim * a.mlp_ratio), (a.image_size // a.patch) ** 2 + 1
+    T, V = a.text_len, a.vocab
+    patch = 2 * (a.patch**2 * 3) * D * (N - 1)
+    enc_token = 2 * (4 * D * D + 2 * D * H) + 2 * 2 * N * D  # qkv, out, MLP; QK^T and AV over N keys
+    dec_token = 2 * (4 * D * D + 2 * D * D + 2 * D * H) + 2 * 2 * T * D + 2 * 2 * N * D  # self, cross q/out, MLP
+    cross_kv = 2 * 2 * D * D * N  # the image's keys and values, once per layer
+    fwd = patch + a.enc_layers * N * enc_token + a.dec_layers * (T * dec_token + cross_kv) + T * 2 * D * V
+    return {"forward": fwd, "train": 3 * fwd}
+
+
+# ============================================================================ what is timed
+
+
+def make_batch(a, device) -> SimpleNamespace:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(a.batch, 3, a.image_size, a.image_size, generator=g)
+    ids = torch.randint(3, a.vocab, (a.batch, a.text_len + 1), generator=g)
+    ids[:, 0] = BOS  # bos w1 .. w20: 20 predictions a caption
+    return SimpleNamespace(images=images.to(device), ids=ids.to(device))
+
+
+def optimizer(model: torch.nn.Module, device, mmcli: bool) -> torch.optim.Optimizer:
+    """mmcli: the trainer's own optimizer; Hugging Face: its Trainer's default (fused AdamW on
+    torch >= 2.8, no weight decay)."""
+    if mmcli:
+        from mmcli.train import make_optimizer
+
+        return make_optimizer(model, lr=1e-4, weight_decay=0.05, device=device)
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+
+
+def mmcli_train_step(model, opt, b, bf16: bool) -> None:
+    from mmcli.train import caption_loss
+
+    autocast = (lambda: torch.autocast(b.images.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    batch = SimpleNamespace(images=b.images, text=b.ids, text_len=torch.full_like(b.ids[:, 0], b.ids.shape[1]),
+                            text_image=None)
+    loss = caption_loss(model, batch, SimpleNamespace(autocast=autocast))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def hf_train_step(model, opt, b, bf16: bool) -> None:
+    ctx = torch.autocast(b.images.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with ctx:
+        loss = model(pixel_values=b.images, decoder_input_ids=b.ids[:, :-1], labels=b.ids[:, 1:]).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def mmcli_generate(model, images, n_tokens: int, beam: int) -> None:
+    from mmcli.model.generate import beam_search, greedy
+
+    if beam == 1:
+        out = greedy(model, images, BOS, EOS, max_len=n_tokens, min_len=n_tokens)
+    else:
+        out = beam_search(model, images, BOS, EOS, n_tokens, beam=beam, min_len=n_tokens)
+    assert all(len(x) == n_tokens for x in out)
+
+
+@torch.no_grad()
+def hf_generate(model, images, n_tokens: int, beam: int, autocast: bool) -> None:
+    ctx = torch.autocast(images.device.type, dtype=torch.bfloat16) if autocast else nullcontext()
+    with ctx:
+        out = model.generate(pixel_values=images, max_new_tokens=n_tokens, min_new_tokens=n_tokens,
+                             num_beams=beam, do_sample=False, use_cache=True)
+    assert out.shape[1] == n_tokens + 1  # decoder start token + the new ones
+
+
+# ============================================================================ measuring
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def matmul_ceiling(dtype: torch.dtype, device, n: int = 2048, reps: int = 3) -> float:
+    """The best FLOP/s of an n^3 matrix product in ``dtype`` over ``reps`` tries."""
+    x = torch.randn(n, n, device=device).to(dtype)
+    y = torch.randn(n, n, device=device).to(dtype)
+    (x @ y).sum().item()
+    best = min(timed(lambda: x @ y, device) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+class CpuShare:
+    """The share of the machine's CPU time that other processes used between start() and stop()
+    (Linux /proc; None elsewhere): this process's own time subtracted from the system's busy time."""
+
+    def __init__(self):
+        self.other, self.wall = 0.0, 0.0
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                cpu = [int(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        busy = sum(cpu) - cpu[3] - (cpu[4] if len(cpu) > 4 else 0)  # all but idle and iowait
+        return busy, int(own[11]) + int(own[12]), time.perf_counter()  # utime + stime (this process)
+
+    def start(self):
+        self._t = self._read()
+
+    def stop(self):
+        now = self._read()
+        if now is None or self._t is None:
+            return
+        hz = os.sysconf("SC_CLK_TCK")
+        self.other += max(0, (now[0] - self._t[0]) - (now[1] - self._t[1])) / hz
+        self.wall += (now[2] - self._t[2]) * (os.cpu_count() or 1)
+
+    @property
+    def share(self) -> float | None:
+        return self.other / self.wall if self.wall else None
+
+
+def build(a, device):
+    torch.manual_seed(0)
+    mm, hf = mmcli_model(a).to(device), hf_model(a).to(device)
+    mm.train(), hf.train()
+    # inference copies in bf16 (mmcli caption --precision bf16 keeps bf16 weights); HF both ways
+    gen = {"mm_fp32": mm, "hf_fp32": hf}
+    if any(p.endswith("bf16") and not p.startswith("train") for p in a.phases):
+        gen["mm_bf16"] = copy.deepcopy(mm).to(torch.bfloat16).eval()
+        gen["hf_bf16w"] = copy.deepcopy(hf).to(torch.bfloat16).eval()
+    return mm, hf, gen
+
+
+def contenders(a, device, mm, hf, gen, b):
+    """phase -> {name: fn}: the callables timed each round ("mmcli" first, then Hugging Face's)."""
+    opt_mm, opt_hf = optimizer(mm, device, True), optimizer(hf, device, False)
+    img16 = b.images.to(torch.bfloat16)
+    n = a.text_len
+
+    def train(bf16):
+        return {"mmcli": lambda: mmcli_train_step(mm, opt_mm, b, bf16), "hf": lambda: hf_train_step(hf, opt_hf, b, bf16)}
+
+    def generate(beam, bf16):
+        def mm_gen(model, images):
+            return lambda: (model.eval(), mmcli_generate(model, images, n, beam), model.train())
+
+        def hf_gen(model, images, autocast):
+            return lambda: (model.eval(), hf_generate(model, images, n, beam, autocast), model.train())
+
+        if not bf16:
+            return {"mmcli": mm_gen(gen["mm_fp32"], b.images), "hf": hf_gen(gen["hf_fp32"], b.images, False)}
+        return {"mmcli": mm_gen(gen["mm_bf16"], img16), "hf (autocast)": hf_gen(gen["hf_fp32"], b.images, True),
+                "hf (bf16 weights)": hf_gen(gen["hf_bf16w"], img16, False)}
+
+    table = {"train_fp32": lambda: train(False), "train_bf16": lambda: train(True),
+             "greedy_fp32": lambda: generate(1, False), "greedy_bf16": lambda: generate(1, True),
+             "beam3_fp32": lambda: generate(3, False), "beam3_bf16": lambda: generate(3, True)}
+    return {p: table[p]() for p in a.phases}
+
+
+def run(a) -> dict:
+    device = torch.device(a.device)
+    mm, hf, gen = build(a, device)
+    b = make_batch(a, device)
+    phases = contenders(a, device, mm, hf, gen, b)
+    times = {p: {name: [] for name in fns} for p, fns in phases.items()}
+    ceilings = {"fp32": [], "bf16": []}
+    shares = {p: CpuShare() for p in phases}
+    for r in range(a.warmup + a.rounds):
+        for p, fns in phases.items():
+            names = list(fns) if r % 2 == 0 else list(fns)[::-1]  # alternate who goes first
+            shares[p].start()
+            for name in names:
+                t = timed(fns[name], device)
+                if r >= a.warmup:
+                    times[p][name].append(t)
+            shares[p].stop()
+        if r >= a.warmup:
+            ceilings["fp32"].append(matmul_ceiling(torch.float32, device))
+            ceilings["bf16"].append(matmul_ceiling(torch.bfloat16, device))
+        print(f"round {r + 1}/{a.warmup + a.rounds}{' (warm-up)' if r < a.warmup else ''} done", file=sys.stderr)
+    return {"times": times, "ceilings": ceilings, "cpu_other": {p: s.share for p, s in shares.items()},
+            "flops": model_flops(a)}
+
+
+def report(a, res: dict) -> list[dict]:
+    rows = []
+    for p, by_name in res["times"].items():
+        train = p.startswith("train")
+        prec = p.rsplit("_", 1)[1]
+        mm = by_name["mmcli"]
+        hf_names = [n for n in by_name if n != "mmcli"]
+        # the faster Hugging Face variant (by median) is the one compared
+        hf_name = min(hf_names, key=lambda n: statistics.median(by_name[n]))
+        hf = by_name[hf_name]
+        ratio = statistics.median(h / m for h, m in zip(hf, mm))
+        row = {"phase": p, "unit": "samples/s" if train else "images/s", "mmcli": a.batch / statistics.median(mm),
+               "hf": a.batch / statistics.median(hf), "hf_variant": hf_name, "ratio": ratio,
+               "ratio_min": min(h / m for h, m in zip(hf, mm)), "ratio_max": max(h / m for h, m in zip(hf, mm)),
+               "cpu_other": res["cpu_other"][p]}
+        for other in hf_names:
+            row[f"{other} images/s"] = a.batch / statistics.median(by_name[other])
+        if train:
+            flops = res["flops"]["train"] * a.batch
+            ceil = res["ceilings"][prec]
+            row["mfu_mmcli"] = statistics.median(flops / t / c for t, c in zip(mm, ceil))
+            row["mfu_hf"] = statistics.median(flops / t / c for t, c in zip(hf, ceil))
+            row["ceiling_tflops"] = statistics.median(ceil) / 1e12
+        rows.append(row)
+    return rows
+
+
+def print_table(a, rows: list[dict], device) -> None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    print(f"\n{name}, torch {torch.__version__}, {torch.get_num_threads()} threads, mmcli attention {a.attention}; "
+          f"image {a.image_size}/{a.patch}, "
+          f"width {a.dim}, {a.enc_layers}+{a.dec_layers} layers, {a.heads} heads, vocab {a.vocab}, "
+          f"{a.text_len} tokens, batch {a.batch}; {a.rounds} rounds after {a.warmup} warm-up")
+    print(f"{'phase':12s} {'mmcli':>9s} {'HF':>9s} {'unit':10s} {'mmcli/HF':>9s} {'(min-max)':>13s} "
+          f"{'MFU mmcli':>9s} {'MFU HF':>7s} {'other CPU':>9s}  HF variant")
+    for r in rows:
+        mfu = f"{100 * r['mfu_mmcli']:8.1f}% {100 * r['mfu_hf']:6.1f}%" if "mfu_mmcli" in r else f"{'':9s} {'':7s}"
+        other = "n/a" if r["cpu_other"] is None else f"{100 * r['cpu_other']:.1f}%"
+        print(f"{r['phase']:12s} {r['mmcli']:9.1f} {r['hf']:9.1f} {r['unit']:10s} {r['ratio']:8.2f}x "
+              f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) {mfu} {other:>9s}  {r['hf_variant']}")
+    ceil = [r for r in rows if "ceiling_tflops" in r]
+    for r in ceil:
+        print(f"matmul ceiling in {r['phase']} rounds: {r['ceiling_tflops']:.2f} TFLOP/s "
+              f"({r['phase'].rsplit('_', 1)[1]}, median of the rounds)")
+    busy = [r["phase"] for r in rows if (r["cpu_other"] or 0) > 0.05]
+    if busy:
+        print(f"note: other processes used over 5% of the CPU during {', '.join(busy)}: rerun on an idle machine")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} CPUs)"
+    except OSError:
+        pass
+    return "CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--patch", type=int, default=16)
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--enc-layers", type=int, default=4)
+    ap.add_argument("--dec-layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--mlp-ratio", type=float, default=4.0)
+    ap.add_argument("--vocab", type=int, default=8000)
+    ap.add_argument("--text-len", type=int, default=20, help="Caption tokens (trained on, and generated).")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5, help="Timed rounds (each runs every phase once per contender).")
+    ap.add_argument("--warmup", type=int, default=2, help="Untimed rounds first.")
+    ap.add_argument("--phases", default=",".join(PHASES), help=f"Comma-separated, from {', '.join(PHASES)}.")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N.")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+    ap.add_argument("--attention", choices=("auto", "sdpa", "plain"), default="auto",
+                    help="mmcli's attention path (auto: its default; sdpa: as Hugging Face, for an ablation).")
+    ap.add_argument("--json", help="Also write the rows and raw timings to this file.")
+    a = ap.parse_args()
+    a.phases = [p for p in a.phases.split(",") if p]
+    unknown = sorted(set(a.phases) - set(PHASES))
+    if unknown:
+        ap.error(f"unknown phases {unknown}; choose from {', '.join(PHASES)}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from mmcli.model.transformer import set_attention_impl
+
+    set_attention_impl(a.attention)
+    res = run(a)
+    rows = report(a, res)
+    print_table(a, rows, torch.device(a.device))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "rows": rows, **res}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
