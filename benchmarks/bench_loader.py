@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--augment", choices=("none", "light"), default="none",
+                    help="light: the training transform of --augment light (random-resized crop and flip)")
     args = ap.parse_args()
 
     import torch
@@ -89,7 +91,7 @@ def main() -> None:
 
     torch.set_num_threads(1)  # the workers do the work; keep the main process from competing
     records = read_flickr8k(FLICKR).split("train").captions[: args.images]
-    transform = make_transform(CONFIG, train=False)
+    transform = make_transform(CONFIG, train=args.augment != "none", augment=args.augment)
     cfg = LoaderConfig(batch_size=args.batch_size, workers=args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -108,7 +110,8 @@ def main() -> None:
             others.append(max(0.0, (b1 - b0) - (o1 - o0)))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in rates.items()), file=sys.stderr)
     ratio = statistics.median(c / f for c, f in zip(rates["cache"], rates["files"]))
-    print(f"\nFlickr8k train, {len(records)} images, 224 px, batch {args.batch_size}, {args.workers} workers, {args.rounds} rounds")
+    print(f"\nFlickr8k train, {len(records)} images, 224 px, batch {args.batch_size}, {args.workers} workers, "
+          f"augment {args.augment}, {args.rounds} rounds")
     print("| source | images/s (median) |")
     print("|---|---|")
     print(f"| JPEG files (decode + resize + crop + normalise) | {statistics.median(rates['files']):.0f} |")

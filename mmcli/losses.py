@@ -43,17 +43,27 @@ def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
 
 
-def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
+             text_image: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric in-batch contrastive loss; row i of each side is a matching pair.
 
-    Embeddings are L2-normalised (B, E). Under torchrun, gather the other ranks'
-    embeddings before calling this (``mmcli.device.gather``, which keeps the gradient),
+    Embeddings are L2-normalised: images (B_i, E), texts (B_t, E). Without ``text_image``
+    B_i = B_t and row i of each side is a pair. With ``text_image`` (B_t,) int64, text row j
+    belongs to image row ``text_image[j]`` (each image once with all its captions): a caption
+    has one right image, and an image has several right captions, its target spread evenly over
+    them (with one caption per image this is the plain loss). Under torchrun, gather the other
+    ranks' embeddings before calling this (``mmcli.device.gather``, which keeps the gradient),
     so that they serve as negatives too: every rank then computes the global batch's loss.
     """
     scale = logit_scale.exp().clamp(max=100)  # CLIP's cap on the temperature
-    logits = scale * image_emb @ text_emb.t()  # (B, B)
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    logits = scale * image_emb @ text_emb.t()  # (B_i, B_t)
+    if text_image is None:
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    t2i = F.cross_entropy(logits.t(), text_image)  # each caption against the images
+    owns = F.one_hot(text_image, logits.shape[0]).t().to(logits.dtype)  # (B_i, B_t): 1 where image i owns text j
+    i2t = F.cross_entropy(logits, owns / owns.sum(1, keepdim=True).clamp(min=1))  # soft targets over its captions
+    return (i2t + t2i) / 2
 
 
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

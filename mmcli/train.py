@@ -78,8 +78,10 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, a
 # fields that define a run: resuming with other values would silently train something else
 _IDENTITY = ("task", "data", "preset", "fusion", "model", "seed", "batch_size", "grad_accum",
              "vocab_size", "answer_top_k", "max_text_len", "objectives", "init", "augment", "label_smoothing",
-             "group_captions", "image_cache")
+             "group_captions", "image_cache", "freeze_backbone", "feature_cache")
 AUGMENTS = ("none", "light")
+FUSED_ADAMW = ("cpu", "cuda")  # devices whose AdamW step takes torch's fused kernel (benchmarks/bench_optim.py)
+GROUPED_TASKS = ("caption", "retrieval", "pretrain")  # tasks that can take images each with all their captions
 LM_BUCKET_ROWS = 32  # the LM loss cuts a batch's captions into length buckets of at least this many rows  # mmcli.data.images.make_transform
 
 
@@ -115,8 +117,11 @@ class TrainConfig:
     max_text_len: int = 32
     augment: str = "none"  # training images: none (the eval transform) | light (random-resized crop + flip)
     label_smoothing: float = 0.0  # of the LM loss (caption, pretrain's lm objective)
-    group_captions: bool = False  # caption: one item per image with all its captions (batch_size counts images)
+    group_captions: bool = False  # caption, retrieval, pretrain: one item per image with all its captions (batch_size counts images)
     image_cache: bool = False  # decode every image once into a memory-mapped ImageCache under $MMCLI_CACHE
+    freeze_backbone: bool = False  # the backbone's weights stay as initialised (or as the init run left them)
+    feature_cache: bool = False  # frozen backbone: its features of every image computed once, under $MMCLI_CACHE
+    compile: bool = False  # torch.compile the image tower and the Transformer blocks for the training steps
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: str | None = None  # a run directory to continue (then out is that directory)
     strict: bool = False  # a bad training image is an error instead of a warning
@@ -151,9 +156,12 @@ class TrainConfig:
         if self.label_smoothing and self.task not in ("caption", "pretrain"):
             raise UserError(f"--label-smoothing is for the LM loss (task caption, pretrain's lm); "
                             f"task {self.task} has none")
-        if self.group_captions and self.task != "caption":
-            raise UserError(f"--group-captions is for task caption; task {self.task} trains on "
-                            "image-caption pairs (its contrastive negatives are the batch's other pairs)")
+        if self.group_captions and self.task not in GROUPED_TASKS:
+            raise UserError(f"--group-captions is for tasks {', '.join(GROUPED_TASKS)}; task {self.task} "
+                            "has no captions to group")
+        if self.feature_cache and self.augment != "none":
+            raise UserError(f"--feature-cache stores each image's features under the eval transform once; "
+                            f"--augment {self.augment} would need new ones every epoch: leave one of them out")
         if self.init is not None and self.model and self.resume is None:
             # (a run resumed with init may carry overrides saved before this check: model_config ignores them)
             raise UserError(f"--model {_overrides(self.model)} cannot be combined with --init: the init run fixes "
@@ -179,6 +187,8 @@ class TrainConfig:
                 mc = preset(self.preset, **changes)
             except TypeError as e:  # an unknown field name in `model`
                 raise UserError(f"model overrides {sorted(self.model)}: {e}") from None
+        if self.freeze_backbone:
+            mc = replace(mc, freeze_backbone=True)
         if self.task == "pretrain" and mc.fusion == "late" and "lm" in self.objective_weights():
             raise UserError("--fusion late cannot do the lm objective: late fusion combines pooled vectors and has "
                             "no token-level attention to generate text; pretrain it with --objectives itc,itm, "
@@ -357,6 +367,7 @@ def _epochs(cfg: TrainConfig, s: "Session", run_dir: Path, on_step, show) -> tup
                 on_step(st.step, window.last)
             row = None
             if st.step % cfg.log_every == 0 or st.step == s.total_steps:
+                release_free_memory()
                 row = window.flush(st.step, s.scheduler.get_last_lr()[0])
                 log.write(row)
             progress.update(st.step, row)
@@ -498,19 +509,23 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
     model = VLM(cfg.model_config(**sizes))
     if run.init is not None and run.checkpoint is None:  # --init (a resume restores last/ instead)
         _load_init(model, run.init)
+    model.to(device)
     dc = model.vision.data_config
     cache = _image_cache(cfg, (train, val, test), cache_size(dc)) if cfg.image_cache else None
     source = ImageSource(make_transform(dc), cache)  # validation and test: the eval transform
     train_source = ImageSource(make_transform(dc, train=True, augment=cfg.augment), cache)
+    if cfg.feature_cache:  # every split reads the frozen backbone's stored tokens instead of images
+        source = train_source = _feature_source(cfg, (train, val, test), model, source, dtype)
     train_set = _train_dataset(cfg, train, train_source, tokenizer, answers)
     steps_per_epoch = (_n_batches(len(train_set), cfg.batch_size)) // cfg.grad_accum
     if steps_per_epoch == 0:
         raise UserError(f"{cfg.data}: {len(train_set)} training items make no full step of "
                         f"{cfg.batch_size} x {cfg.grad_accum}; lower --batch-size")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    model.to(device)
+    if cfg.compile:
+        _compile(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(cfg.warmup_steps, total, cfg.min_lr_ratio))
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
@@ -666,40 +681,102 @@ def _image_cache(cfg: TrainConfig, splits, size: int):
     used, as without the cache. Under torchrun rank 0 builds it while the others wait, then they open it."""
     from .data.images import ImageCache, dataset_cache_dir
 
-    paths = sorted({r.image for sp in splits if sp is not None for r in (*sp.captions, *sp.questions)})
+    paths = _split_paths(splits)
     out = dataset_cache_dir(cfg.data, paths, size)
+    return _built_on_rank0(lambda: _open_or_build_cache(paths, size, out), lambda: ImageCache.open(out))
+
+
+def _split_paths(splits) -> list[str]:
+    return sorted({r.image for sp in splits if sp is not None for r in (*sp.captions, *sp.questions)})
+
+
+def _built_on_rank0(build: Callable, open_built: Callable):
+    """``build()`` on rank 0 while the other ranks wait, then ``open_built()`` on them (a cache in a
+    shared folder); a UserError on rank 0 is raised on every rank."""
     cache, error = None, None
     if is_main():
         try:
-            cache = _open_or_build_cache(paths, size, out)
+            cache = build()
         except UserError as e:
             error = str(e)
     error = broadcast_object(error)  # (a barrier too: the other ranks open the cache once it is there)
     if error is not None:
         raise UserError(error)
-    return cache if cache is not None else ImageCache.open(out)
+    return cache if cache is not None else open_built()
+
+
+def _feature_source(cfg: TrainConfig, splits, model, images, dtype):
+    """``feature_cache``: the frozen backbone's tokens of every image of the splits (eval transform),
+    computed once into a FeatureCache under $MMCLI_CACHE and reused by every epoch and every run with
+    the same backbone weights, preprocessing and precision; a FeatureSource over it."""
+    from .data.features import FeatureCache, FeatureSource, backbone_fingerprint, feature_cache_dir
+
+    tower = model.vision
+    if not tower.frozen:
+        raise UserError("--feature-cache needs a frozen backbone (its features must not change while training): "
+                        "add --freeze-backbone")
+    paths = _split_paths(splits)
+    extra = {"data_config": tower.data_config, "dtype": str(dtype), "tower": [tower.name, tower.image_size]}
+    fingerprint = backbone_fingerprint(tower.backbone, extra)
+    out = feature_cache_dir(cfg.data, paths, fingerprint)
+
+    build = partial(_open_or_build_features, tower, paths, images, out, (fingerprint, dtype))
+    return FeatureSource(_built_on_rank0(build, lambda: FeatureCache.open(out)))
+
+
+def _open_or_build_features(tower, paths: list[str], images, out: Path, key: tuple):
+    """The FeatureCache in ``out`` when it matches ``paths`` and the fingerprint, else a new one: ``tower``'s
+    backbone over every image from ``images`` (an ImageSource), in ``dtype``."""
+    from .data.features import FeatureCache
+    from .data.images import ImageSkipper
+
+    fingerprint, dtype = key
+    device = next(tower.parameters()).device
+
+    def encode(x):
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
+            return tower.features(x.to(device))
+
+    def reuse():
+        cache = FeatureCache.open(out)
+        return cache if cache.is_valid_for(paths, fingerprint) else None
+
+    # (the build warns about a bad image when it meets one: none here)
+    build = partial(FeatureCache.build, paths, encode, images, out, fingerprint, skipper=ImageSkipper(quiet=True))
+    return _reuse_or_build("feature cache", out, reuse, build)
 
 
 def _open_or_build_cache(paths: list[str], size: int, out: Path):
     """:meth:`ImageCache.open_or_build`, saying on stderr which of the two it did."""
     from .data.images import ImageCache, ImageSkipper
 
-    try:
+    def reuse():
         cache = ImageCache.open(out)
-        if cache.is_valid_for(paths, size):
-            print(f"mmcli: image cache {out}: reusing it ({len(cache)} images)", file=sys.stderr)
+        return cache if cache.is_valid_for(paths, size) else None
+
+    build = partial(ImageCache.build, paths, size, out, skipper=ImageSkipper(quiet=True))
+    return _reuse_or_build("image cache", out, reuse, build, f" of {size} px")
+
+
+def _reuse_or_build(what: str, out: Path, reuse: Callable, build: Callable, detail: str = ""):
+    """The cache ``reuse()`` opens in ``out`` (None, or a UserError, when there is none yet, a half-built
+    or a stale one), else the one ``build()`` makes; one stderr line says which, with its size and time."""
+    try:
+        cache = reuse()
+        if cache is not None:
+            print(f"mmcli: {what} {out}: reusing it ({len(cache)} images)", file=sys.stderr)
             return cache
-    except UserError:  # none yet, or a half-built one
+    except UserError:
         pass
     t0 = time.perf_counter()
-    try:  # (the loop warns about a bad image when it meets one: none here)
-        cache = ImageCache.build(paths, size, out, skipper=ImageSkipper(quiet=True))
+    try:
+        cache = build()
     except OSError as e:
-        raise UserError(f"{out}: cannot write the image cache ({e.strerror or e}); "
+        raise UserError(f"{out}: cannot write the {what} ({e.strerror or e}); "
                         "set $MMCLI_CACHE to a writable folder") from None
     bad = f", {len(cache.bad)} unreadable" if cache.bad else ""
-    print(f"mmcli: image cache {out}: built ({len(cache)} images of {size} px{bad}) in "
-          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(f"mmcli: {what} {out}: built ({len(cache)} images{detail}{bad}) in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
     return cache
 
 
@@ -714,6 +791,26 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         plain = p.dim() < 2 or any(k in name for k in no_decay_names)
         (other if plain else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+def _compile(model) -> None:
+    """``compile``: the model's layers compiled for training (validation runs them eagerly: see
+    :func:`validate`); needs torch.compiler.set_stance (torch 2.6)."""
+    if not hasattr(torch.compiler, "set_stance"):
+        raise UserError(f"--compile needs torch 2.6 or newer (this is {torch.__version__})")
+    model.compile_layers()
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, betas (0.9, 0.98); torch's fused kernel (one pass over all the
+    parameters instead of a loop of small ops) on a CPU or a CUDA device, where torch has one."""
+    groups = param_groups(model, weight_decay)
+    if device.type in FUSED_ADAMW:
+        try:
+            return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), fused=True)
+        except (RuntimeError, TypeError):  # an older torch without it for this device
+            pass
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
 
 
 class WarmupCosine:
@@ -791,15 +888,31 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
     tokens on average in batches padded to 32)."""
     from .losses import length_buckets, next_token_targets
 
-    if img_index is None:  # one image row per caption
-        img_index = torch.arange(batch.text.shape[0], device=batch.text.device)
+    n_rows = batch.text.shape[0]
+    buckets = length_buckets(batch.text_len, max(1, n_rows // LM_BUCKET_ROWS))
+    if img_index is None and len(buckets) == 1:  # pairs in one bucket: every row in its order, no gather
+        buckets = [torch.arange(n_rows, device=batch.text.device)]
+        same_order = True
+    else:
+        same_order = False
+        if img_index is None:  # one image row per caption
+            img_index = torch.arange(n_rows, device=batch.text.device)
     total, n_real = 0.0, 0
-    for rows in length_buckets(batch.text_len, max(1, batch.text.shape[0] // LM_BUCKET_ROWS)):
+    for rows in buckets:
         lens = batch.text_len[rows]
         ids = batch.text[rows, : int(lens.max())]  # (b, T_bucket): this bucket's pads are cut off
         real, targets = next_token_targets(ids, lens)
+        # the last position never predicts (its token is the longest caption's eos): it is not fed at all;
+        # causal attention makes the other positions' outputs the same without it
+        ids, real = ids[:, :-1], real[:, :-1]
+        if not len(targets):  # (captions of one token: nothing to predict)
+            continue
+        if len(targets) == real.numel():  # every position predicts: all of them, in order, no gather
+            real = None
         with s.autocast():
-            logits = model.lm_logits(None, ids, img=img, img_index=img_index[rows], positions=real)  # (n, V)
+            logits = model.lm_logits(None, ids, img=img, img_index=None if same_order else img_index[rows],
+                                     positions=real)  # (n, V), or (b, T, V) for every position
+        logits = logits.reshape(-1, logits.shape[-1])  # (n, V): x[real]'s row order is row-major too
         total = total + F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing, reduction="sum")
         n_real += len(targets)
     # a mean over this rank's predicted tokens (grouped or not: every caption's tokens count alike);
@@ -845,7 +958,7 @@ def pretrain_loss(model, batch, s: Session, weights: dict[str, float] | None = N
         img = model.encode_image(batch.images)  # (B, N, D)
     parts = _contrastive_parts(model, img, batch, s, tuple(k for k in ("itc", "itm") if k in weights))
     if "lm" in weights:
-        parts["lm"] = _lm_part(model, img, batch, s, label_smoothing)
+        parts["lm"] = _lm_part(model, img, batch, s, label_smoothing, img_index=batch.text_image)
     if not parts:  # itm alone on a batch of one image: no negative, nothing to learn from it
         return img.sum() * 0.0
     return sum(weights[k] * loss for k, loss in parts.items())
@@ -858,25 +971,60 @@ def _contrastive_parts(model, img: torch.Tensor, batch, s: Session, which: tuple
     negative image, sampled with probability softmax(ITC similarity) among the
     batch items of other images (captions of the same image are never
     negatives). No ITM loss when every item shows the same image.
+
+    A grouped batch (``batch.text_image``: each image once with all its captions) has ITC
+    score every caption (each image's own captions are its positives, :func:`itc_loss`) and
+    ITM take one caption per image, caption ``step % n`` of an image with n captions (the
+    images' batch positions change every epoch, so each caption takes its turn; the choice
+    depends on nothing a rank owns alone, so torchrun makes the same one).
     """
-    from .losses import itc_loss, itm_loss
+    from .losses import itc_loss
 
     if not which:
         return {}
     # (itm alone: the similarities only pick the negatives, so no graph is kept for them)
     with s.autocast(), torch.set_grad_enabled(torch.is_grad_enabled() and "itc" in which):
-        ie, te = model.embed(img, batch.text, batch.text_len)  # (B, E) each, normalised
+        ie, te = model.embed(img, batch.text, batch.text_len)  # (B, E) images, (B_t, E) texts, normalised
+    pairs = _itm_pairs(batch, s.state.step)  # (B,) the text row of each image's ITM pair
     # under torchrun the global batch (every rank's pairs are negatives), gradients flowing back to
     # each rank's own rows; every rank computes the same ITC loss and the same negatives
-    ie, rows = gather(ie.float())  # (B_all, E); this rank's pairs are ie[rows]
-    te, _ = gather(te.float())
-    parts = {"itc": itc_loss(ie, te, model.logit_scale)} if "itc" in which else {}
-    neg = _hard_negatives(ie.detach() @ te.detach().t(), gather_objects(batch.image_ids)) if "itm" in which else None
-    if neg is None:  # not asked for, or every item shows the same image: no negative exists
-        return parts
+    ie_all, rows = gather(ie.float())  # (B_all, E); this rank's images are ie_all[rows]
+    parts = {}
+    if "itc" in which:
+        te_all, _ = gather(te.float())  # (B_t_all, E)
+        # text row -> its image's row in the global batch (this rank's images start at rows.start)
+        owner = None if batch.text_image is None else gather(batch.text_image + rows.start)[0]
+        parts["itc"] = itc_loss(ie_all, te_all, model.logit_scale, owner)
+    if "itm" in which:
+        te_pairs, _ = gather(te[pairs].detach().float())  # (B_all, E): the caption of each image's pair
+        itm = _itm_part(model, img, batch, s, (ie_all, te_pairs, rows, pairs))
+        if itm is not None:
+            parts["itm"] = itm
+    return parts
+
+
+def _itm_pairs(batch, step: int) -> torch.Tensor:
+    """The text row paired with each image row for ITM: the row itself for a batch of pairs; in a
+    grouped batch caption ``step % n`` of an image with n captions (rows are grouped by image)."""
+    if batch.text_image is None:
+        return torch.arange(len(batch), device=batch.text.device)
+    counts = torch.bincount(batch.text_image, minlength=len(batch))  # (B,) captions per image, >= 1
+    first = torch.cumsum(counts, 0) - counts  # (B,) each image's first text row
+    return first + step % counts.clamp(min=1)
+
+
+def _itm_part(model, img: torch.Tensor, batch, s: Session, embedded) -> torch.Tensor | None:
+    """ITM on this rank's pairs (image row i with text row ``pairs[i]``), each with a wrong caption and
+    a wrong image drawn from the global batch by ITC similarity; None when no negative exists."""
+    from .losses import itm_loss
+
+    ie_all, te_all, rows, pairs = embedded
+    neg = _hard_negatives(ie_all.detach() @ te_all.t(), gather_objects(batch.image_ids))
+    if neg is None:  # every item shows the same image: no negative exists
+        return None
     neg_text, neg_image = neg[0][rows], neg[1][rows]  # for this rank's pairs; indices into the global batch
-    text, _ = gather(batch.text, pad_value=s.tokenizer.pad_id)  # (B_all, T_all)
-    text_len, _ = gather(batch.text_len)
+    text, _ = gather(batch.text[pairs], pad_value=s.tokenizer.pad_id)  # (B_all, T_all)
+    text_len, _ = gather(batch.text_len[pairs])
     img_all, _ = gather(img)  # (B_all, N, D)
     B = len(batch)
     with s.autocast():
@@ -885,8 +1033,7 @@ def _contrastive_parts(model, img: torch.Tensor, batch, s: Session, which: tuple
         lens = torch.cat([text_len[rows], text_len[neg_text], text_len[rows]])
         logits = model.itm_logits(imgs, ids, lens)
     labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(logits.device)
-    parts["itm"] = itm_loss(logits.float(), labels) * share(B)  # (torchrun: this rank's share of the pairs)
-    return parts
+    return itm_loss(logits.float(), labels) * share(B)  # (torchrun: this rank's share of the pairs)
 
 
 def _hard_negatives(sim: torch.Tensor, image_ids: list[str]):
@@ -924,8 +1071,11 @@ def _loss_fn(cfg: TrainConfig) -> Callable:
 def validate(cfg: TrainConfig, s: Session) -> dict[str, float]:
     """The task's validation metrics (streamed: one batch of images in memory at a time)."""
     s.model.eval()
+    # compiled layers (--compile) run eagerly here: generation's one-token steps and KV caches would each
+    # compile anew, for a few passes over the val split
+    eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else nullcontext()
     try:
-        with s.autocast():
+        with eager, s.autocast():
             return {"caption": _val_caption, "vqa": _val_vqa, "retrieval": _val_retrieval,
                     "pretrain": _val_pretrain}[cfg.task](cfg, s)
     finally:
@@ -1302,9 +1452,49 @@ class _Window:
         now = time.perf_counter()
         loss, micro, samples = sum_over_ranks([self.loss, self.micro, self.samples])  # (torchrun: every rank's)
         row = {"step": step, "loss": loss / max(1, micro), "lr": lr,
-               "samples_per_s": samples / max(now - self.t0, 1e-9)}
+               "samples_per_s": samples / max(now - self.t0, 1e-9), **memory_mb()}
         self.loss, self.micro, self.samples, self.t0 = 0.0, 0, 0, now
         return row
+
+
+def _libc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere): it hands the heap's free pages back to the system."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _libc_trim() if sys.platform.startswith("linux") else None
+
+
+def release_free_memory() -> None:
+    """Return the allocator's free heap memory to the system (glibc; a no-op elsewhere). Training
+    allocates tensors of changing sizes (length buckets): glibc keeps the freed blocks, and a run's
+    resident memory creeps up over thousands of steps though nothing leaks (benchmarks/rss_curve.py).
+    Called at every log step; it takes about a millisecond."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's resident memory now, in MiB: ``rss_mb`` in all and ``rss_anon_mb`` not backed by
+    files (the heap: what a leak grows; the rest is mapped code and memory-mapped caches). Linux reads
+    /proc/self/status; elsewhere the peak so far stands in for ``rss_mb``. Logged with every metrics row,
+    so a long run shows whether memory grows."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
+                "rss_anon_mb": round(int(fields["RssAnon"].split()[0]) / 1024, 1)}
+    except (OSError, KeyError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return {"rss_mb": round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)}
 
 
 class _Progress:

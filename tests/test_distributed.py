@@ -27,7 +27,8 @@ from mmcli.train import TrainConfig, fit
 
 REPO = Path(train.__file__).parents[1]
 BASE = dict(data="shapes:40:32", preset="tiny", batch_size=8, lr=2e-3, warmup_steps=2, vocab_size=300,
-            max_text_len=24, log_every=1, max_steps=6, eval_every=6, device="cpu", deterministic=True, test=False)
+            max_text_len=24, log_every=1, max_steps=6, eval_every=6, device="cpu", deterministic=True, test=False,
+            precision="fp32")  # (exact comparisons: bf16 would round a half batch differently from a whole one)
 NO_BN = {"backbone": "test_convnext"}
 # name -> TrainConfig changes: trained by 2 processes under torchrun and by 1 here
 COMPARED = {
@@ -42,6 +43,11 @@ COMPARED = {
     # images each with all their captions (ranks hold different numbers of caption rows), read from the
     # image cache that rank 0 builds while rank 1 waits; LM loss with label smoothing
     "caption_grouped": dict(task="caption", model=NO_BN, group_captions=True, image_cache=True, label_smoothing=0.1),
+    # the same for pretraining: ITC over every rank's captions (each image's own all positives), ITM on one
+    # caption per image and hard negatives from the gathered batch, LM over all captions
+    "pretrain_grouped": dict(task="pretrain", model=NO_BN, group_captions=True, image_cache=True),
+    # a frozen backbone's features, cached by rank 0 while rank 1 waits, read by both
+    "frozen_cached": dict(task="vqa", model=NO_BN, fusion="late", freeze_backbone=True, feature_cache=True),
 }
 BAD_DATA, N_BAD = "shapes:48:32", 3  # its first N_BAD train images are overwritten with junk
 # the run stopped (asked on rank 0 only) and resumed, against the same run straight through;
@@ -118,7 +124,7 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow  # (the module fixture: one torchrun launch of 11 trainings and 8 here: 65 s on a busy machine)
 @pytest.mark.parametrize("name", ["caption", "vqa", "retrieval", "retrieval_accum", "pretrain", "skipped",
-                                  "caption_grouped"])
+                                  "caption_grouped", "pretrain_grouped", "frozen_cached"])
 def test_two_processes_give_the_one_process_loss_curve(runs, name):
     two, one, codes = runs
     a, b = [r["loss"] for r in rows(one / name, "loss")], [r["loss"] for r in rows(two / name, "loss")]

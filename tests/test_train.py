@@ -44,10 +44,15 @@ def weights(run: str | Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("task,fusion", [("caption", "concat"), ("caption", "cross"), ("vqa", "late"),
                                          ("vqa", "concat"), ("vqa", "cross"), ("retrieval", "cross")])
 def test_loss_goes_down(task, fusion):
-    result = fit(cfg(task=task, fusion=fusion))
+    # (the contrastive loss of this tiny set collapses to chance at 2e-3, in either precision: 5e-4 learns,
+    # more slowly)
+    slow = {"lr": 5e-4, "max_steps": 40, "eval_every": 40, "log_every": 10} if task == "retrieval" else {}
+    result = fit(cfg(task=task, fusion=fusion, **slow))
     losses = [r["loss"] for r in rows("run", "loss")]
     assert len(losses) == 4 and losses[-1] < 0.9 * losses[0], losses
-    assert result.steps == 20 and result.best is not None and result.exit_code == 0
+    assert result.steps == slow.get("max_steps", 20) and result.best is not None and result.exit_code == 0
+    # every log row carries the process's memory (a long run shows whether it grows)
+    assert all(0 < r["rss_anon_mb"] < r["rss_mb"] < 64_000 for r in rows("run", "loss"))
     val = rows("run", "val")[-1]["val"]
     assert result.metric in val and val["n"] == (4 if task != "vqa" else val["n"])
     from mmcli.model.vlm import load_model

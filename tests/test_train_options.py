@@ -137,6 +137,27 @@ def test_length_buckets_give_the_padded_batch_loss_and_gradients(monkeypatch, fu
             torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+def test_lm_loss_of_equal_length_pairs_is_the_whole_batch_loss():
+    """Pairs of one length in one bucket (the fast path: no gather of rows or positions, the last token
+    not fed) give the loss and gradients of the plain forward over the whole batch."""
+    from mmcli.config import preset
+    from mmcli.losses import lm_loss
+    from mmcli.model.vlm import VLM
+
+    torch.manual_seed(0)
+    model = VLM(preset("tiny", vocab_size=50)).eval()
+    images, ids = torch.randn(4, 3, 64, 64), torch.randint(3, 50, (4, 9))
+    batch = SimpleNamespace(images=images, text=ids, text_len=torch.full((4,), 9), text_image=None)
+    s = SimpleNamespace(autocast=nullcontext)
+    loss = train.caption_loss(model, batch, s)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    ref = lm_loss(model.lm_logits(images, ids), ids, batch.text_len)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None) and (g is None or torch.allclose(g, r, atol=1e-6, rtol=1e-4))
+
+
 def test_length_buckets_sort_and_cover_every_row():
     from mmcli.losses import length_buckets
 
@@ -153,8 +174,8 @@ def test_grouped_captions_train_on_images_with_all_their_captions():
     assert result.steps == 12 and len(losses) == 3 and losses[-1] < 0.9 * losses[0], losses
     assert result.epochs == 3  # 32 images, batches of 8 images (not pairs): 4 steps an epoch
     assert json.loads(Path("run/config.json").read_text())["train"]["group_captions"] is True
-    with pytest.raises(UserError, match="--group-captions is for task caption"):
-        cfg(task="retrieval", group_captions=True)
+    with pytest.raises(UserError, match="--group-captions is for tasks caption, retrieval, pretrain"):
+        cfg(task="vqa", group_captions=True)
 
 
 # ---------------------------------------------------------------------------- --label-smoothing
@@ -309,7 +330,7 @@ def test_cli_finetune_and_pretrain_take_the_options(run_cli):
     saved = json.loads(Path("pt/config.json").read_text())
     assert saved["model"]["dropout"] == 0.1 and saved["train"]["label_smoothing"] == 0.1
     code, out, err = run_cli("finetune", "--task", "vqa", "--group-captions", "--out", "vqa")
-    assert code == 2 and "--group-captions is for task caption" in err
+    assert code == 2 and "--group-captions is for tasks caption, retrieval, pretrain; task vqa" in err
 
 
 # ---------------------------------------------------------------------------- resuming
@@ -382,3 +403,19 @@ def test_easyvqa_recipe_with_init_keeps_the_init_model(run_cli, captured):
     c = captured[-1]
     assert (c.fusion, c.model, c.batch_size, c.max_steps) == (None, {}, 16, 850)
     assert "--fusion" not in err and "--model" not in err
+
+
+# ---------------------------------------------------------------------------- --compile
+
+
+@pytest.mark.slow  # (torch.compile's first step: tens of seconds on a CPU)
+def test_compiled_training_learns_like_the_eager_one():
+    """--compile: the same loss curve as the eager run to float rounding, validation (run eagerly) and
+    a checkpoint with the eager model's names."""
+    eager = step_losses(cfg(fusion="cross", max_steps=6, eval_every=6, out="eager"))
+    compiled = step_losses(cfg(fusion="cross", max_steps=6, eval_every=6, out="compiled", compile=True))
+    assert compiled == pytest.approx(eager, rel=1e-3, abs=1e-4), (compiled, eager)
+    from safetensors.torch import load_file
+
+    assert load_file("compiled/best/model.safetensors").keys() == load_file("eager/best/model.safetensors").keys()
+    assert rows("compiled", "val")[-1]["val"].keys() == rows("eager", "val")[-1]["val"].keys()

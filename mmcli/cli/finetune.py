@@ -66,20 +66,20 @@ def finetune(
     epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        min=1, max=o.MAX_BATCH, help="Items per batch; for vqa (and caption with --group-captions), images per "
-        "batch, each with all its questions (captions): the image is encoded once.  \\[default: 32; 16 for easy-VQA]",
+        min=1, max=o.MAX_BATCH, help="Items per batch; for vqa (and caption or retrieval with --group-captions), images "
+        "per batch, each with all its questions (captions): the image is encoded once.  \\[default: 32; 16 for easy-VQA]",
         show_default=False)] = None,
     grad_accum: o.GradAccum = 1,
     lr: o.Lr = 3e-4,
     warmup_steps: o.WarmupSteps = 100,
     label_smoothing: o.LabelSmoothing = 0.0,
     vocab_size: o.VocabSize = None,
-    group_captions: Annotated[bool, typer.Option(
-        "--group-captions/--no-group-captions",
-        help="caption: one batch item per image with all its captions, the image encoded once for all of them "
-        "(--batch-size then counts images); the loss is the mean over all caption tokens, as for pairs.")] = False,
+    group_captions: o.GroupCaptions = False,
     augment: o.AugmentOpt = o.Augment.none,
     image_cache: o.ImageCacheOpt = False,
+    freeze_backbone: o.FreezeBackbone = False,
+    feature_cache: o.FeatureCacheOpt = False,
+    compile: o.CompileOpt = False,
     beam: o.Beam = 1,
     precision: o.PrecisionOpt = o.Precision.auto,
     seed: o.Seed = 0,
@@ -117,7 +117,8 @@ def finetune(
         out=out or Path("runs") / f"{task.value}-{datetime.now():%Y%m%d-%H%M%S}", preset=preset, fusion=fusion,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size or 32, grad_accum=grad_accum, lr=lr,
         warmup_steps=warmup_steps, label_smoothing=label_smoothing, vocab_size=vocab_size, group_captions=group_captions,
-        augment=augment, image_cache=image_cache, beam=beam, precision=precision, seed=seed,
+        augment=augment, image_cache=image_cache,
+        freeze_backbone=freeze_backbone or None, feature_cache=feature_cache or None, compile=compile or None, beam=beam, precision=precision, seed=seed,
         deterministic=deterministic, eval_every=eval_every, patience=patience, workers=workers, device=device,
         strict=strict, test=test, allow_outside_root=allow_outside_root,
     )

@@ -24,7 +24,7 @@ HELP = """Pretrain a vision-language model on image-caption pairs, to start fine
 
 --fusion late has no token-level fusion, so it cannot do lm: pretrain it with --objectives itc,itm.
 
-[b]Data[/b]: any dataset spec with captions (shapes, shapes:N, flickr8k:DIR, coco:..., karpathy:..., jsonl:FILE); each caption is one pair with its image.
+[b]Data[/b]: any dataset spec with captions (shapes, shapes:N, flickr8k:DIR, coco:..., karpathy:..., jsonl:FILE); each caption is one pair with its image, or with --group-captions each image comes once with all its captions (the image encoded once for all of them).
 
 [b]Selection[/b]: the validation reports each objective's own check (itc: retrieval R@1/5/10 both ways, itm: match accuracy on a true and a wrong image per caption, lm: BLEU and CIDEr-D of greedy captions); best/ is selected on the first objective present in the order itc (mean_recall), lm (cider_d), itm (itm_accuracy).
 
@@ -36,6 +36,8 @@ EPILOG = """[b]Examples[/b]
   mmcli pretrain --preset tiny --data shapes:2000 --max-steps 500 --out runs/pt
 
   mmcli pretrain --data flickr8k:../shared/data/flickr8k --objectives itc=1,itm=1,lm=0.5 --out runs/pt
+
+  mmcli pretrain --data flickr8k:../shared/data/flickr8k --group-captions --batch-size 32 --out runs/pt
 
   mmcli pretrain --fusion late --objectives itc,itm --out runs/pt-late
 
@@ -55,14 +57,19 @@ def pretrain(
     epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None,
     batch_size: Annotated[int, typer.Option(
-        min=2, max=o.MAX_BATCH, help="Image-caption pairs per batch: the in-batch negatives of itc and itm.")] = 32,
+        min=2, max=o.MAX_BATCH, help="Image-caption pairs per batch (images with --group-captions): the in-batch "
+        "negatives of itc and itm.")] = 32,
     grad_accum: o.GradAccum = 1,
     lr: o.Lr = 3e-4,
     warmup_steps: o.WarmupSteps = 100,
     label_smoothing: o.LabelSmoothing = 0.0,
     vocab_size: o.VocabSize = None,
+    group_captions: o.GroupCaptions = False,
     augment: o.AugmentOpt = o.Augment.none,
     image_cache: o.ImageCacheOpt = False,
+    freeze_backbone: o.FreezeBackbone = False,
+    feature_cache: o.FeatureCacheOpt = False,
+    compile: o.CompileOpt = False,
     beam: o.Beam = 1,
     precision: o.PrecisionOpt = o.Precision.auto,
     seed: o.Seed = 0,
@@ -80,7 +87,8 @@ def pretrain(
         resume, task="pretrain", data=data, objectives=objectives, init=init, model=o.model_overrides(model),
         out=out or Path("runs") / f"pretrain-{datetime.now():%Y%m%d-%H%M%S}", preset=preset, fusion=fusion,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-        warmup_steps=warmup_steps, label_smoothing=label_smoothing, vocab_size=vocab_size, augment=augment, image_cache=image_cache,
+        warmup_steps=warmup_steps, label_smoothing=label_smoothing, vocab_size=vocab_size, group_captions=group_captions, augment=augment, image_cache=image_cache,
+        freeze_backbone=freeze_backbone or None, feature_cache=feature_cache or None, compile=compile or None,
         beam=beam, precision=precision, seed=seed, deterministic=deterministic,
         eval_every=eval_every, patience=patience, workers=workers, device=device, strict=strict, test=test,
         allow_outside_root=allow_outside_root,
