@@ -240,8 +240,19 @@ def contenders(a, device, mm, hf, gen, b):
     img16 = b.images.to(torch.bfloat16)
     n = a.text_len
 
+    compiled = None
+    if a.compile:  # mmcli finetune --compile: the same weights, the layers compiled (the first steps compile)
+        compiled = mmcli_model(a).to(device)
+        compiled.load_state_dict(mm.state_dict())
+        compiled.train()
+        compiled.compile_layers()
+        opt_c = optimizer(compiled, device, True)
+
     def train(bf16):
-        return {"mmcli": lambda: mmcli_train_step(mm, opt_mm, b, bf16), "hf": lambda: hf_train_step(hf, opt_hf, b, bf16)}
+        fns = {"mmcli": lambda: mmcli_train_step(mm, opt_mm, b, bf16), "hf": lambda: hf_train_step(hf, opt_hf, b, bf16)}
+        if compiled is not None:
+            fns["mmcli --compile"] = lambda: mmcli_train_step(compiled, opt_c, b, bf16)
+        return fns
 
     def generate(beam, bf16):
         def mm_gen(model, images):
@@ -287,30 +298,35 @@ def run(a) -> dict:
 
 
 def report(a, res: dict) -> list[dict]:
+    """One row per phase and mmcli variant: its rate, the faster Hugging Face variant's, the median of
+    the per-round ratios, and for training the MFU of both."""
     rows = []
     for p, by_name in res["times"].items():
-        train = p.startswith("train")
-        prec = p.rsplit("_", 1)[1]
-        mm = by_name["mmcli"]
-        hf_names = [n for n in by_name if n != "mmcli"]
+        hf_names = [n for n in by_name if not n.startswith("mmcli")]
         # the faster Hugging Face variant (by median) is the one compared
         hf_name = min(hf_names, key=lambda n: statistics.median(by_name[n]))
-        hf = by_name[hf_name]
-        ratio = statistics.median(h / m for h, m in zip(hf, mm))
-        row = {"phase": p, "unit": "samples/s" if train else "images/s", "mmcli": a.batch / statistics.median(mm),
-               "hf": a.batch / statistics.median(hf), "hf_variant": hf_name, "ratio": ratio,
-               "ratio_min": min(h / m for h, m in zip(hf, mm)), "ratio_max": max(h / m for h, m in zip(hf, mm)),
-               "cpu_other": res["cpu_other"][p]}
-        for other in hf_names:
-            row[f"{other} images/s"] = a.batch / statistics.median(by_name[other])
-        if train:
-            flops = res["flops"]["train"] * a.batch
-            ceil = res["ceilings"][prec]
-            row["mfu_mmcli"] = statistics.median(flops / t / c for t, c in zip(mm, ceil))
-            row["mfu_hf"] = statistics.median(flops / t / c for t, c in zip(hf, ceil))
-            row["ceiling_tflops"] = statistics.median(ceil) / 1e12
-        rows.append(row)
+        for mm_name in (n for n in by_name if n.startswith("mmcli")):
+            rows.append(_row(a, res, p, (mm_name, by_name[mm_name]), (hf_name, by_name[hf_name])))
+            for other in hf_names:
+                rows[-1][f"{other} per s"] = a.batch / statistics.median(by_name[other])
     return rows
+
+
+def _row(a, res: dict, phase: str, mm_times, hf_times) -> dict:
+    (mm_name, mm), (hf_name, hf) = mm_times, hf_times
+    train = phase.startswith("train")
+    ratios = [h / m for h, m in zip(hf, mm)]
+    row = {"phase": phase if mm_name == "mmcli" else f"{phase} ({mm_name[6:]})",
+           "unit": "samples/s" if train else "images/s", "mmcli": a.batch / statistics.median(mm),
+           "hf": a.batch / statistics.median(hf), "hf_variant": hf_name, "ratio": statistics.median(ratios),
+           "ratio_min": min(ratios), "ratio_max": max(ratios), "cpu_other": res["cpu_other"][phase]}
+    if train:
+        flops = res["flops"]["train"] * a.batch
+        ceil = res["ceilings"][phase.rsplit("_", 1)[1]]
+        row["mfu_mmcli"] = statistics.median(flops / t / c for t, c in zip(mm, ceil))
+        row["mfu_hf"] = statistics.median(flops / t / c for t, c in zip(hf, ceil))
+        row["ceiling_tflops"] = statistics.median(ceil) / 1e12
+    return row
 
 
 def print_table(a, rows: list[dict], device) -> None:
@@ -319,14 +335,14 @@ def print_table(a, rows: list[dict], device) -> None:
           f"image {a.image_size}/{a.patch}, "
           f"width {a.dim}, {a.enc_layers}+{a.dec_layers} layers, {a.heads} heads, vocab {a.vocab}, "
           f"{a.text_len} tokens, batch {a.batch}; {a.rounds} rounds after {a.warmup} warm-up")
-    print(f"{'phase':12s} {'mmcli':>9s} {'HF':>9s} {'unit':10s} {'mmcli/HF':>9s} {'(min-max)':>13s} "
+    print(f"{'phase':22s} {'mmcli':>9s} {'HF':>9s} {'unit':10s} {'mmcli/HF':>9s} {'(min-max)':>13s} "
           f"{'MFU mmcli':>9s} {'MFU HF':>7s} {'other CPU':>9s}  HF variant")
     for r in rows:
         mfu = f"{100 * r['mfu_mmcli']:8.1f}% {100 * r['mfu_hf']:6.1f}%" if "mfu_mmcli" in r else f"{'':9s} {'':7s}"
         other = "n/a" if r["cpu_other"] is None else f"{100 * r['cpu_other']:.1f}%"
-        print(f"{r['phase']:12s} {r['mmcli']:9.1f} {r['hf']:9.1f} {r['unit']:10s} {r['ratio']:8.2f}x "
+        print(f"{r['phase']:22s} {r['mmcli']:9.1f} {r['hf']:9.1f} {r['unit']:10s} {r['ratio']:8.2f}x "
               f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) {mfu} {other:>9s}  {r['hf_variant']}")
-    ceil = [r for r in rows if "ceiling_tflops" in r]
+    ceil = [r for r in rows if "ceiling_tflops" in r and "(" not in r["phase"]]
     for r in ceil:
         print(f"matmul ceiling in {r['phase']} rounds: {r['ceiling_tflops']:.2f} TFLOP/s "
               f"({r['phase'].rsplit('_', 1)[1]}, median of the rounds)")
@@ -365,6 +381,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     ap.add_argument("--attention", choices=("auto", "sdpa", "plain"), default="auto",
                     help="mmcli's attention path (auto: its default; sdpa: as Hugging Face, for an ablation).")
+    ap.add_argument("--compile", action="store_true",
+                    help="Also time mmcli's training step with its layers compiled (mmcli finetune --compile).")
     ap.add_argument("--json", help="Also write the rows and raw timings to this file.")
     a = ap.parse_args()
     a.phases = [p for p in a.phases.split(",") if p]
