@@ -27,7 +27,7 @@ import torch
 
 from ..errors import UserError
 from ..fileio import atomic_write_text
-from .images import PROGRESS_MIN_IMAGES, BadImage, ImageSkipper, _file_key, cache_root
+from .images import PROGRESS_MIN_IMAGES, BadImage, FileRowsCache, ImageSkipper, _file_key, cache_root
 
 FEATURES, INDEX = "features.npy", "index.json"
 
@@ -50,32 +50,23 @@ def feature_cache_dir(spec: str, paths: list[str], fingerprint: str) -> Path:
     return cache_root() / f"features-{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-class FeatureCache:
+class FeatureCache(FileRowsCache):
     """The tokens (N, C) of each image, from a memory-mapped ``features.npy``; :meth:`get` gives one
     as an fp32 tensor, or raises the image's :class:`BadImage` again."""
 
     def __init__(self, features: np.ndarray, index: dict, out: Path):
-        self.features, self.out = features, out
-        self.paths: list[str] = index["paths"]
-        self.keys: list = index["keys"]
+        super().__init__(index, out)
+        self.features = features
         self.fingerprint: str = index["fingerprint"]
-        self.bad: dict[int, str] = {int(i): reason for i, reason in index["bad"]}
         self._row = {p: i for i, p in enumerate(self.paths)}
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def get(self, path: str) -> torch.Tensor:
         """The (N, C) fp32 tokens of ``path``; KeyError when it is not cached."""
-        i = self._row[path]
-        if i in self.bad:
-            raise BadImage(path, self.bad[i])
+        i = self._check_row(self._row[path])
         return torch.from_numpy(np.array(self.features[i])).view(torch.bfloat16).float()
 
     def is_valid_for(self, paths: list[str], fingerprint: str) -> bool:
-        paths = [str(p) for p in paths]
-        return (paths == self.paths and fingerprint == self.fingerprint
-                and all(_file_key(p) == k for p, k in zip(paths, self.keys)))
+        return fingerprint == self.fingerprint and self.holds_files(paths)
 
     @classmethod
     def open(cls, out: str | os.PathLike) -> "FeatureCache":

@@ -318,7 +318,32 @@ def _file_key(path: str) -> list | None:
     return [st.st_mtime_ns, st.st_size]
 
 
-class ImageCache:
+class FileRowsCache:
+    """What the image cache and the feature cache share: one row per file of a memory-mapped array,
+    and an ``index.json`` with the files' paths, a content key per file and the unreadable ones."""
+
+    def __init__(self, index: dict, out: Path):
+        self.out = out
+        self.paths: list[str] = index["paths"]
+        self.keys: list = index["keys"]
+        self.bad: dict[int, str] = {int(i): reason for i, reason in index["bad"]}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _check_row(self, i: int) -> int:
+        """``i``, or the :class:`BadImage` of row ``i`` raised again."""
+        if i in self.bad:
+            raise BadImage(self.paths[i], self.bad[i])
+        return i
+
+    def holds_files(self, paths: list[str]) -> bool:
+        """True when the cache holds exactly ``paths``, in that order, none changed since it was built."""
+        paths = [str(p) for p in paths]
+        return paths == self.paths and all(_file_key(p) == k for p, k in zip(paths, self.keys))
+
+
+class ImageCache(FileRowsCache):
     """Decoded images, ``size`` x ``size`` uint8 RGB, in one memory-mapped ``.npy`` file.
 
     A cache is a directory: ``pixels.npy`` (N, size, size, 3) and ``index.json``
@@ -331,20 +356,13 @@ class ImageCache:
     PIXELS, INDEX = "pixels.npy", "index.json"
 
     def __init__(self, pixels: np.ndarray, index: dict, out: Path):
-        self.pixels, self.out = pixels, out
-        self.paths: list[str] = index["paths"]
-        self.keys: list = index["keys"]
+        super().__init__(index, out)
+        self.pixels = pixels
         self.size: int = index["size"]
-        self.bad: dict[int, str] = {int(i): reason for i, reason in index["bad"]}
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
     def array(self, i: int) -> np.ndarray:
         """Image ``i`` as a read-only (size, size, 3) uint8 array, or :class:`BadImage`."""
-        if i in self.bad:
-            raise BadImage(self.paths[i], self.bad[i])
-        return self.pixels[i]
+        return self.pixels[self._check_row(i)]
 
     def get(self, i: int) -> Image.Image:
         """Image ``i`` as an RGB PIL image, or :class:`BadImage`."""
@@ -352,9 +370,7 @@ class ImageCache:
 
     def is_valid_for(self, paths: list[str], size: int | None = None) -> bool:
         """True when the cache holds exactly ``paths`` (same order, files unchanged) at ``size``."""
-        paths = [str(p) for p in paths]
-        return (paths == self.paths and (size is None or size == self.size)
-                and all(_file_key(p) == k for p, k in zip(paths, self.keys)))
+        return (size is None or size == self.size) and self.holds_files(paths)
 
     @classmethod
     def open(cls, out: str | os.PathLike) -> "ImageCache":
