@@ -201,3 +201,49 @@ def test_img_index_equals_repeating_the_image_rows(fusion):
             a = model.lm_logits(None, ids, img=img, img_index=index)
             b = model.lm_logits(None, ids, img=img.index_select(0, index))
             assert torch.allclose(a, b, atol=1e-5)
+
+
+def _repeated_questions():
+    images, ids, lengths = batch(B=3)
+    order = torch.tensor([0, 1, 0, 2, 1, 0])  # six questions, three distinct
+    return images, ids[order], lengths[order]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_repeated_texts_run_the_text_layers_once_with_the_same_outputs_and_gradients(fusion, monkeypatch):
+    images, ids, lengths = _repeated_questions()
+    img_index = torch.tensor([0, 0, 1, 1, 2, 2])  # two questions per image
+
+    def outputs_and_grads(model):
+        model.zero_grad()
+        out = model.understand(model.encode_image(images), ids, lengths, img_index=img_index)
+        out.pow(2).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model = tiny(fusion).train()  # the tiny preset has no dropout: repeated texts give equal outputs
+    rows = []
+    real = model.encode_text
+    monkeypatch.setattr(model, "encode_text", lambda ids, *a, **k: rows.append(ids.shape[0]) or real(ids, *a, **k))
+    once, g_once = outputs_and_grads(model)
+    assert rows == [3]
+    monkeypatch.setattr(model, "distinct_texts", lambda ids, lengths: None)  # every row through the layers
+    every, g_every = outputs_and_grads(model)
+    assert rows == [3, 6]
+    assert torch.allclose(once, every, atol=1e-5)
+    assert g_once.keys() == g_every.keys()
+    for name in g_once:
+        assert torch.allclose(g_once[name], g_every[name], atol=1e-5), name
+
+
+def test_texts_are_not_shared_under_dropout_in_training():
+    """With dropout each copy of a question gets its own mask, so every row is encoded; in eval
+    (no dropout applied) repeated questions are shared again."""
+    images, ids, lengths = _repeated_questions()
+    model = tiny("late", dropout=0.1).train()
+    assert model.distinct_texts(ids, lengths) is None
+    model.eval()
+    u_ids, u_lengths, inverse = model.distinct_texts(ids, lengths)
+    assert u_ids.shape == (3, ids.shape[1])
+    assert torch.equal(u_ids[inverse], ids) and torch.equal(u_lengths[inverse], lengths)
+    _, ids3, lengths3 = batch(B=3)
+    assert tiny("late").distinct_texts(ids3, lengths3) is None  # nothing repeated

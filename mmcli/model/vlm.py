@@ -199,14 +199,41 @@ class VLM(nn.Module):
     def understand(self, img: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
                    img_index: torch.Tensor | None = None) -> torch.Tensor:
         """Image tokens + question/caption -> one fused vector (B, D) for the VQA and ITM heads
-        (``img_index``: text row i asks about image row ``img_index[i]``; see :meth:`fuse`)."""
-        txt = self.encode_text(ids, lengths, causal=False)
+        (``img_index``: text row i asks about image row ``img_index[i]``; see :meth:`fuse`).
+        The text layers run once per distinct text of the batch (:meth:`distinct_texts`)."""
+        distinct = self.distinct_texts(ids, lengths)
+        if distinct is None:
+            txt = self.encode_text(ids, lengths, causal=False)
+        else:
+            u_ids, u_lengths, inverse = distinct
+            txt = self.encode_text(u_ids, u_lengths, causal=False)
         if self.cfg.fusion == "late":
-            i, t = self.image_embedding(img), self.text_embedding(txt, lengths)
+            i = self.image_embedding(img)
             if img_index is not None:
                 i = i.index_select(0, img_index)  # pooled once per image
+            if distinct is None:
+                t = self.text_embedding(txt, lengths)
+            else:
+                t = self.text_embedding(txt, u_lengths).index_select(0, inverse)  # pooled once per text
             return self.late(torch.cat([i, t, i * t], dim=-1))
+        if distinct is not None:
+            txt = txt.index_select(0, inverse)
         return self.fuse(txt, img, lengths, causal=False, img_index=img_index)[:, 0]  # the first (<cls>) position
+
+    def distinct_texts(self, ids: torch.Tensor, lengths: torch.Tensor):
+        """``(distinct ids (U, T), their lengths (U,), inverse (B,))`` when the batch repeats a text and
+        the text layers give a repeated text the same output (no dropout in training), else None.
+
+        VQA batches repeat questions (easy-VQA: about 80 distinct in a batch of 156; VQA v2's "what
+        color is the ...?"): the text layers then run once per distinct question, and the gradient of
+        each copy flows back to the one row through ``index_select``."""
+        if not len(self.text_blocks) or (self.training and self.cfg.dropout > 0) or ids.shape[0] < 2:
+            return None
+        rows = torch.cat([ids, lengths.to(ids.dtype).unsqueeze(1)], dim=1)
+        u, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        if u.shape[0] == rows.shape[0]:
+            return None
+        return u[:, :-1], u[:, -1].to(lengths.dtype), inverse
 
     def vqa_logits(self, images: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, n_answers) answer logits."""
