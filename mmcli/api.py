@@ -197,6 +197,14 @@ class Model:
         return F.normalize(ie.float(), dim=-1).cpu()  # (unit length in fp32 too when computed in bf16)
 
     @torch.no_grad()
+    def match(self, images: Sequence[ImageLike], text: str) -> list[float]:
+        """The ITM head's probability (0..1) that ``text`` describes each of ``images``, in their order
+        (``mmcli retrieve --rerank``); the text layers run once for all the images."""
+        img = self.vlm.encode_image(self.images_tensor(list(images)))
+        ids, lengths = self._text([text] * img.shape[0], cls=False)  # (<s> text </s>, as ITM trains)
+        return self.vlm.itm_logits(img, ids, lengths).float().softmax(-1)[:, 1].tolist()
+
+    @torch.no_grad()
     def embed_texts(self, texts: Iterable[str]) -> torch.Tensor:
         """L2-normalised text embeddings (N, embed_dim) for retrieval, on the CPU."""
         ids, lengths = self._text(list(texts), cls=False)  # (<s> text </s>, as retrieval trains)

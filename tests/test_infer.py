@@ -188,6 +188,17 @@ def test_retrieve_finds_the_captioned_image_and_scores(trained, run_cli, tmp_pat
     assert all(rows[i]["score"] >= rows[i + 1]["score"] for i in range(4))  # the re-ranked top 5
 
 
+def test_match_scores_each_image_as_one_at_a_time(trained):
+    """Model.match (retrieve --rerank): ITM probabilities in [0, 1], one per image in order; the
+    text encoded once for the batch gives what each image scored alone gives."""
+    m = mmcli.load(trained["ret"], "cpu")
+    images = sorted(trained["images"].iterdir())[:4]
+    batched = m.match(images, "a red circle")
+    alone = [m.match([p], "a red circle")[0] for p in images]
+    assert len(batched) == 4 and all(0.0 <= p <= 1.0 for p in batched)
+    assert batched == pytest.approx(alone, abs=1e-5)
+
+
 def test_retrieve_index_is_reused_and_updated(trained, run_cli, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

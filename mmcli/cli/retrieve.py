@@ -118,12 +118,7 @@ def _embed_texts(m, texts: list[str], batch_size: int):
 
 def _rerank(m, query: str, folder: Path, hits: list[tuple[float, str]]) -> list[tuple[float, str]]:
     """The hits re-scored by the ITM head's match probability, best first."""
-    import torch
-
-    with torch.no_grad():
-        img = m.vlm.encode_image(m.images_tensor([folder / p for _, p in hits]))
-        ids, lengths = m._text([query] * len(hits), cls=False)
-        prob = m.vlm.itm_logits(img, ids, lengths).float().softmax(-1)[:, 1].tolist()
+    prob = m.match([folder / p for _, p in hits], query)
     return sorted(((p, path) for p, (_, path) in zip(prob, hits)), key=lambda x: -x[0])
 
 
