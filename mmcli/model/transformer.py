@@ -190,7 +190,7 @@ class BlockCache:
         the cross-attention cache keeps its rows and serves each to k query rows (``group``)."""
         if self.self_attn.k is not None:
             self.self_attn.select(torch.arange(self.self_attn.k.shape[0], device=self.self_attn.k.device)
-                                  .repeat_interleave(self.self_attn.group * k))
+                                  .repeat_interleave(k))
         self.cross_attn.group *= k
 
 

@@ -202,21 +202,16 @@ class VLM(nn.Module):
         (``img_index``: text row i asks about image row ``img_index[i]``; see :meth:`fuse`).
         The text layers run once per distinct text of the batch (:meth:`distinct_texts`)."""
         distinct = self.distinct_texts(ids, lengths)
-        if distinct is None:
-            txt = self.encode_text(ids, lengths, causal=False)
-        else:
-            u_ids, u_lengths, inverse = distinct
-            txt = self.encode_text(u_ids, u_lengths, causal=False)
+        u_ids, u_lengths, inverse = distinct if distinct is not None else (ids, lengths, None)
+        txt = self.encode_text(u_ids, u_lengths, causal=False)
         if self.cfg.fusion == "late":
-            i = self.image_embedding(img)
+            i, t = self.image_embedding(img), self.text_embedding(txt, u_lengths)
             if img_index is not None:
                 i = i.index_select(0, img_index)  # pooled once per image
-            if distinct is None:
-                t = self.text_embedding(txt, lengths)
-            else:
-                t = self.text_embedding(txt, u_lengths).index_select(0, inverse)  # pooled once per text
+            if inverse is not None:
+                t = t.index_select(0, inverse)  # pooled once per distinct text
             return self.late(torch.cat([i, t, i * t], dim=-1))
-        if distinct is not None:
+        if inverse is not None:
             txt = txt.index_select(0, inverse)
         return self.fuse(txt, img, lengths, causal=False, img_index=img_index)[:, 0]  # the first (<cls>) position
 
