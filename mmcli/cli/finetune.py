@@ -117,8 +117,8 @@ def finetune(
         out=out or Path("runs") / f"{task.value}-{datetime.now():%Y%m%d-%H%M%S}", preset=preset, fusion=fusion,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size or 32, grad_accum=grad_accum, lr=lr,
         warmup_steps=warmup_steps, label_smoothing=label_smoothing, vocab_size=vocab_size, group_captions=group_captions,
-        augment=augment, image_cache=image_cache,
-        freeze_backbone=freeze_backbone or None, feature_cache=feature_cache or None, compile=compile or None, beam=beam, precision=precision, seed=seed,
+        augment=augment, image_cache=image_cache, freeze_backbone=freeze_backbone, feature_cache=feature_cache,
+        compile=compile, beam=beam, precision=precision, seed=seed,
         deterministic=deterministic, eval_every=eval_every, patience=patience, workers=workers, device=device,
         strict=strict, test=test, allow_outside_root=allow_outside_root,
     )
