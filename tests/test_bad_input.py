@@ -672,7 +672,7 @@ def test_a_pickle_in_the_image_cache_is_never_unpickled(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / ImageCache.INDEX).write_text(json.dumps({"paths": [], "keys": [], "size": 8, "bad": []}))
-    plant(cache / ImageCache.PIXELS, marker)
+    plant(cache / ImageCache.ARRAY, marker)
     with pytest.raises(UserError, match="broken image cache"):
         ImageCache.open(cache)
     assert not marker.exists()

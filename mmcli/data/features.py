@@ -27,9 +27,7 @@ import torch
 
 from ..errors import UserError
 from ..fileio import atomic_write_text
-from .images import PROGRESS_MIN_IMAGES, BadImage, FileRowsCache, ImageSkipper, _file_key, cache_root
-
-FEATURES, INDEX = "features.npy", "index.json"
+from .images import PROGRESS_MIN_IMAGES, BadImage, FileRowsCache, ImageSkipper, cache_root
 
 
 def backbone_fingerprint(backbone: torch.nn.Module, extra: dict) -> str:
@@ -54,6 +52,8 @@ class FeatureCache(FileRowsCache):
     """The tokens (N, C) of each image, from a memory-mapped ``features.npy``; :meth:`get` gives one
     as an fp32 tensor, or raises the image's :class:`BadImage` again."""
 
+    ARRAY, WHAT = "features.npy", "feature cache"
+
     def __init__(self, features: np.ndarray, index: dict, out: Path):
         super().__init__(index, out)
         self.features = features
@@ -71,17 +71,13 @@ class FeatureCache(FileRowsCache):
     @classmethod
     def open(cls, out: str | os.PathLike) -> "FeatureCache":
         out = Path(out)
-        if not (out / INDEX).is_file():
-            raise UserError(f"{out}: not a feature cache or a half-built one ({INDEX} is missing); build it again")
+        index, features = cls._read(out)
         try:
-            index = json.loads((out / INDEX).read_text(encoding="utf-8"))
-            # allow_pickle=False: a planted pickle is refused, never run
-            features = np.load(out / FEATURES, mmap_mode="r", allow_pickle=False)
             shape = (len(index["paths"]), *index["shape"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise UserError(f"{out}: broken feature cache ({e}); build it again") from None
         if features.shape != shape or features.dtype != np.uint16:
-            raise UserError(f"{out}: broken feature cache ({FEATURES} is {features.dtype} {features.shape}, "
+            raise UserError(f"{out}: broken feature cache ({cls.ARRAY} is {features.dtype} {features.shape}, "
                             f"the index says {shape}); build it again")
         return cls(features, index, out)
 
@@ -93,10 +89,7 @@ class FeatureCache(FileRowsCache):
         tokens in a new cache in ``out``; a bad image goes through ``skipper`` (re-raised when strict)."""
         out, paths = Path(out), [str(p) for p in paths]
         skipper = skipper or ImageSkipper()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / INDEX).unlink(missing_ok=True)  # from here on the directory reads as half-built
-        keys = [_file_key(p) for p in paths]
-        tmp = out / f".{FEATURES}.{os.getpid()}.tmp"
+        keys, tmp = cls._start_build(out, paths)
         bad: list[tuple[int, str]] = []
         arr = None
         try:
@@ -111,12 +104,12 @@ class FeatureCache(FileRowsCache):
             arr.flush()
             shape = list(arr.shape[1:])
             del arr  # close the memory map before renaming (needed on Windows)
-            os.replace(tmp, out / FEATURES)
+            os.replace(tmp, out / cls.ARRAY)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         index = {"version": 1, "shape": shape, "fingerprint": fingerprint, "paths": paths, "keys": keys, "bad": bad}
-        atomic_write_text(out / INDEX, json.dumps(index))
+        atomic_write_text(out / cls.INDEX, json.dumps(index))
         return cls.open(out)
 
 

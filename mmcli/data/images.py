@@ -319,8 +319,11 @@ def _file_key(path: str) -> list | None:
 
 
 class FileRowsCache:
-    """What the image cache and the feature cache share: one row per file of a memory-mapped array,
-    and an ``index.json`` with the files' paths, a content key per file and the unreadable ones."""
+    """What the image cache and the feature cache share: one row per file of a memory-mapped array
+    (``ARRAY``), and an ``index.json`` with the files' paths, a content key per file and the unreadable
+    ones, written last: a directory without it is a half-built cache. ``WHAT`` names the kind in errors."""
+
+    ARRAY, INDEX, WHAT = "rows.npy", "index.json", "cache"
 
     def __init__(self, index: dict, out: Path):
         self.out = out
@@ -342,6 +345,29 @@ class FileRowsCache:
         paths = [str(p) for p in paths]
         return paths == self.paths and all(_file_key(p) == k for p, k in zip(paths, self.keys))
 
+    @classmethod
+    def _read(cls, out: Path) -> tuple[dict, np.ndarray]:
+        """The index and the memory-mapped array of the cache in ``out``; a UserError when there is none,
+        a half-built or a broken one."""
+        if not (out / cls.INDEX).is_file():
+            article = "an" if cls.WHAT[0] in "aeiou" else "a"
+            raise UserError(f"{out}: not {article} {cls.WHAT} or a half-built one ({cls.INDEX} is missing); "
+                            "build it again")
+        try:
+            index = json.loads((out / cls.INDEX).read_text(encoding="utf-8"))
+            # allow_pickle=False: a planted pickle is refused, never run
+            return index, np.load(out / cls.ARRAY, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{out}: broken {cls.WHAT} ({e}); build it again") from None
+
+    @classmethod
+    def _start_build(cls, out: Path, paths: list[str]) -> tuple[list, Path]:
+        """Mark ``out`` half-built (no index) and take the files' content keys before reading them (a
+        file changed meanwhile will not match later); the temporary file the array is written to."""
+        out.mkdir(parents=True, exist_ok=True)
+        (out / cls.INDEX).unlink(missing_ok=True)
+        return [_file_key(p) for p in paths], out / f".{cls.ARRAY}.{os.getpid()}.tmp"
+
 
 class ImageCache(FileRowsCache):
     """Decoded images, ``size`` x ``size`` uint8 RGB, in one memory-mapped ``.npy`` file.
@@ -353,7 +379,7 @@ class ImageCache(FileRowsCache):
     :class:`BadImage` again, and :attr:`bad` lists them.
     """
 
-    PIXELS, INDEX = "pixels.npy", "index.json"
+    ARRAY, WHAT = "pixels.npy", "image cache"
 
     def __init__(self, pixels: np.ndarray, index: dict, out: Path):
         super().__init__(index, out)
@@ -375,16 +401,9 @@ class ImageCache(FileRowsCache):
     @classmethod
     def open(cls, out: str | os.PathLike) -> "ImageCache":
         out = Path(out)
-        index_path, pixels_path = out / cls.INDEX, out / cls.PIXELS
-        if not index_path.is_file():
-            raise UserError(f"{out}: not an image cache or a half-built one ({cls.INDEX} is missing); build it again")
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-            pixels = np.load(pixels_path, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise UserError(f"{out}: broken image cache ({e}); build it again") from None
+        index, pixels = cls._read(out)
         if pixels.shape != (len(index["paths"]), index["size"], index["size"], 3) or pixels.dtype != np.uint8:
-            raise UserError(f"{out}: broken image cache ({cls.PIXELS} has shape {pixels.shape}, "
+            raise UserError(f"{out}: broken image cache ({cls.ARRAY} has shape {pixels.shape}, "
                             f"the index says {len(index['paths'])} images of {index['size']}); build it again")
         return cls(pixels, index, out)
 
@@ -397,10 +416,7 @@ class ImageCache(FileRowsCache):
         """
         out, paths = Path(out), [str(p) for p in paths]
         skipper = skipper or ImageSkipper()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / cls.INDEX).unlink(missing_ok=True)  # from here on the directory reads as half-built
-        keys = [_file_key(p) for p in paths]  # before decoding: a file changed meanwhile won't match later
-        tmp = out / f".{cls.PIXELS}.{os.getpid()}.tmp"
+        keys, tmp = cls._start_build(out, paths)
         bad: list[tuple[int, str]] = []
         decoded = _decode_all(paths, size, progress, workers)
         try:
@@ -413,7 +429,7 @@ class ImageCache(FileRowsCache):
                     arr[i] = result
             arr.flush()
             del arr  # close the memory map before renaming (needed on Windows)
-            os.replace(tmp, out / cls.PIXELS)
+            os.replace(tmp, out / cls.ARRAY)
         except BaseException:
             decoded.close()
             tmp.unlink(missing_ok=True)
