@@ -35,7 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from peer_hf import timed  # noqa: E402 (CUDA-synchronised wall time of one call)
+# the CUDA-synchronised wall time of one call, the matmul ceiling, and the caption training step
+from peer_hf import matmul_ceiling, mmcli_train_step, timed  # noqa: E402
 
 
 def build(a, device):
@@ -68,21 +69,11 @@ def _autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def train_step(model, opt, batch, dtype) -> None:
-    from mmcli.train import caption_loss
-
-    loss = caption_loss(model, batch, SimpleNamespace(autocast=lambda: _autocast(batch.images.device, dtype)))
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
 def step_flops(model, opt, batch, dtype) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        train_step(model, opt, batch, dtype)
+        mmcli_train_step(model, opt, batch, dtype)
     return int(counter.get_total_flops())
 
 
@@ -92,13 +83,6 @@ def generate(model, images, n: int) -> None:
 
     out = greedy(model, images, 1, 2, max_len=n, min_len=n)
     assert all(len(x) == n for x in out)
-
-
-def ceiling(dtype, device, n: int = 2048) -> float:
-    dt = dtype or torch.float32
-    x, y = torch.randn(n, n, device=device).to(dt), torch.randn(n, n, device=device).to(dt)
-    (x @ y).sum().item()
-    return 2 * n**3 / min(timed(lambda: x @ y, device) for _ in range(3))
 
 
 def peak_rss_mb() -> float:
@@ -115,12 +99,12 @@ def one(a) -> dict:
     if a.mode == "cached":
         batch.images = features_of(model, batch.images, dtype)
     for _ in range(a.warmup):
-        train_step(model, opt, batch, dtype)
+        mmcli_train_step(model, opt, batch, dtype)
     flops = step_flops(model, opt, batch, dtype)
     times, ceils = [], []
     for _ in range(a.steps):
-        times.append(timed(lambda: train_step(model, opt, batch, dtype), device))
-        ceils.append(ceiling(dtype, device))
+        times.append(timed(lambda: mmcli_train_step(model, opt, batch, dtype), device))
+        ceils.append(matmul_ceiling(dtype or torch.float32, device))
     out = {"preset": a.preset, "image_size": model.cfg.image_size, "mode": a.mode, "precision": str(dtype or torch.float32).replace("torch.", ""),
            "batch": a.batch, "train_samples_per_s": a.batch / statistics.median(times),
            "step_tflop": flops / 1e12, "mfu": statistics.median(flops / t / c for t, c in zip(times, ceils)),
@@ -162,7 +146,7 @@ def frozen_compare(a) -> None:
     for r in range(a.warmup + a.steps):
         order = list(runs) if r % 2 == 0 else list(runs)[::-1]
         for m in order:
-            t = timed(lambda: train_step(*runs[m], dtype), device)
+            t = timed(lambda: mmcli_train_step(*runs[m], dtype), device)
             if r >= a.warmup:
                 times[m].append(t)
     print(f"{a.preset} preset, batch {a.batch}, {str(dtype or torch.float32).replace('torch.', '')}, {a.steps} rounds")

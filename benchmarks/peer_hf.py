@@ -106,7 +106,10 @@ def make_batch(a, device) -> SimpleNamespace:
     images = torch.randn(a.batch, 3, a.image_size, a.image_size, generator=g)
     ids = torch.randint(3, a.vocab, (a.batch, a.text_len + 1), generator=g)
     ids[:, 0] = BOS  # bos w1 .. w20: 20 predictions a caption
-    return SimpleNamespace(images=images.to(device), ids=ids.to(device))
+    ids = ids.to(device)
+    # (text, text_len, text_image: the fields of an mmcli caption batch of pairs)
+    return SimpleNamespace(images=images.to(device), ids=ids, text=ids,
+                           text_len=torch.full_like(ids[:, 0], ids.shape[1]), text_image=None)
 
 
 def optimizer(model: torch.nn.Module, device, mmcli: bool) -> torch.optim.Optimizer:
@@ -119,12 +122,13 @@ def optimizer(model: torch.nn.Module, device, mmcli: bool) -> torch.optim.Optimi
     return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
 
 
-def mmcli_train_step(model, opt, b, bf16: bool) -> None:
+def mmcli_train_step(model, opt, batch, dtype: torch.dtype | None) -> None:
+    """One step as ``mmcli finetune --task caption`` runs it: ``caption_loss`` under autocast in ``dtype``
+    (None: fp32), backward, clipping, the optimizer's step."""
     from mmcli.train import caption_loss
 
-    autocast = (lambda: torch.autocast(b.images.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    batch = SimpleNamespace(images=b.images, text=b.ids, text_len=torch.full_like(b.ids[:, 0], b.ids.shape[1]),
-                            text_image=None)
+    device = batch.images.device.type
+    autocast = (lambda: torch.autocast(device, dtype=dtype)) if dtype is not None else nullcontext
     loss = caption_loss(model, batch, SimpleNamespace(autocast=autocast))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -249,9 +253,10 @@ def contenders(a, device, mm, hf, gen, b):
         opt_c = optimizer(compiled, device, True)
 
     def train(bf16):
-        fns = {"mmcli": lambda: mmcli_train_step(mm, opt_mm, b, bf16), "hf": lambda: hf_train_step(hf, opt_hf, b, bf16)}
+        dtype = torch.bfloat16 if bf16 else None
+        fns = {"mmcli": lambda: mmcli_train_step(mm, opt_mm, b, dtype), "hf": lambda: hf_train_step(hf, opt_hf, b, bf16)}
         if compiled is not None:
-            fns["mmcli --compile"] = lambda: mmcli_train_step(compiled, opt_c, b, bf16)
+            fns["mmcli --compile"] = lambda: mmcli_train_step(compiled, opt_c, b, dtype)
         return fns
 
     def generate(beam, bf16):
