@@ -65,6 +65,7 @@ class Model:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: str = "auto", precision: str = "auto") -> "Model":
         from .device import inference_dtype, resolve_device
+        from .model.packed import pack_linears
         from .model.vlm import load_model
 
         if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -73,7 +74,10 @@ class Model:
         dev = resolve_device(device)
         # weights in the compute dtype, not autocast: no per-call casts (bf16 generation about 1.5x
         # faster than autocast over fp32 weights on a CPU; benchmarks/peer_hf.py)
-        return cls(vlm.to(dev, inference_dtype(precision, dev)).eval(), ckpt, dev)
+        vlm = vlm.to(dev, inference_dtype(precision, dev)).eval()
+        if dev.type == "cpu":  # oneDNN's prepacked linear layers, GELU fused (mmcli/model/packed.py)
+            pack_linears(vlm)
+        return cls(vlm, ckpt, dev)
 
     @property
     def dtype(self) -> torch.dtype:

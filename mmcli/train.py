@@ -498,6 +498,7 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
     """Data, tokenizer, model, optimizer and schedule; restored from ``last/`` when resuming."""
     from .data.images import ImageSkipper, cache_size, make_transform
     from .data.loaders import ImageSource
+    from .model.packed import pack_linears
     from .model.vlm import VLM
 
     _seed_everything(cfg.seed)
@@ -510,6 +511,8 @@ def _build(cfg: TrainConfig, run: _Opened, device: torch.device, dtype: torch.dt
     if run.init is not None and run.checkpoint is None:  # --init (a resume restores last/ instead)
         _load_init(model, run.init)
     model.to(device)
+    if device.type == "cpu":  # oneDNN's linear products (mmcli/model/packed.py); the state dict is unchanged
+        pack_linears(model)
     dc = model.vision.data_config
     cache = _image_cache(cfg, (train, val, test), cache_size(dc)) if cfg.image_cache else None
     source = ImageSource(make_transform(dc), cache)  # validation and test: the eval transform
