@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 # the CUDA-synchronised wall time of one call, the matmul ceiling, and the caption training step
-from peer_hf import matmul_ceiling, mmcli_train_step, timed  # noqa: E402
+from peer_hf import as_mmcli_runs_it, matmul_ceiling, mmcli_train_step, timed  # noqa: E402
 
 
 def build(a, device):
@@ -48,6 +48,7 @@ def build(a, device):
     size = {"image_size": a.image_size} if a.image_size else {}
     model = VLM(preset(a.preset, fusion="cross", vocab_size=a.vocab, max_text_len=a.text_len + 1,
                        freeze_backbone=a.mode != "full", **size)).to(device)
+    as_mmcli_runs_it(a, model, device)  # on a CPU, oneDNN's linear layers, as the trainer swaps them in
     model.train()
     opt = make_optimizer(model, 1e-4, 0.05, device)
     g = torch.Generator().manual_seed(0)

@@ -11,17 +11,20 @@ warm-up rounds, it times:
 * ``train_fp32`` / ``train_bf16``: a full training step (forward, backward, gradient clipping,
   AdamW step) in fp32 and under bf16 autocast; the Hugging Face side is what its Trainer does
   (the model's own loss, autocast, fused AdamW on torch >= 2.8); the mmcli side is what
-  ``mmcli finetune`` does (``mmcli.train.caption_loss`` and the trainer's optimizer);
+  ``mmcli finetune`` does (``mmcli.train.caption_loss``, the trainer's optimizer, and on a CPU
+  oneDNN's linear layers, mmcli/model/packed.py; ``--no-pack`` for the ablation without them);
 * ``greedy_fp32`` / ``greedy_bf16``: greedy generation of 20 tokens for the batch, KV cache on
-  both sides, end-of-sequence disabled (both emit 20 tokens); bf16: mmcli keeps bf16 weights
-  (as ``mmcli caption --precision bf16``); Hugging Face is timed both under autocast and with
-  its weights in bf16, and the faster of the two is the one compared;
+  both sides, end-of-sequence disabled (both emit 20 tokens); mmcli's model is loaded as
+  ``mmcli caption`` loads it (``mmcli.load``: eval mode, on a CPU oneDNN's prepacked linear
+  layers); bf16: mmcli keeps bf16 weights (as ``mmcli caption
+  --precision bf16``); Hugging Face is timed both under autocast and with its weights in bf16,
+  and the faster of the two is the one compared;
 * ``beam3_fp32`` / ``beam3_bf16``: beam search with 3 beams, the same way.
 
 It prints, per phase, samples (or images) per second for both, the median of the per-round
 ratios, the model FLOP utilisation of the training phases against the matmul ceiling measured in
-the same rounds (the best of a 2048^3 matrix product in that precision), and the share of the CPU
-that other processes used while the phase ran: rerun when it is not near zero.
+the same rounds (the best of a 2048^3 matrix product in that precision, torch's or oneDNN's), and
+the share of the CPU that other processes used while the phase ran: rerun when it is not near zero.
 
     pip install -e '.[bench]'
     python benchmarks/peer_hf.py                        # every phase, 5 rounds
@@ -53,7 +56,8 @@ BOS, EOS, PAD = 1, 2, 0
 
 def mmcli_model(a) -> torch.nn.Module:
     """The mmcli VLM of the shape: a timm ViT (``backbone_args`` set its size), no unimodal text
-    layers, ``dec_layers`` cross-attention layers, tied LM head."""
+    layers, ``dec_layers`` cross-attention layers, tied LM head. (On a CPU the trainer and
+    ``mmcli.load`` then swap its linear layers for oneDNN's: :func:`as_mmcli_runs_it`.)"""
     from mmcli.config import preset
     from mmcli.model.vlm import VLM
 
@@ -183,11 +187,21 @@ def timed(fn, device) -> float:
 
 
 def matmul_ceiling(dtype: torch.dtype, device, n: int = 2048, reps: int = 3) -> float:
-    """The best FLOP/s of an n^3 matrix product in ``dtype`` over ``reps`` tries."""
+    """The best FLOP/s of an n^3 matrix product in ``dtype`` over ``reps`` tries: torch's ``@`` and, on a
+    CPU with oneDNN, oneDNN's linear (in fp32 ``@`` is MKL's GEMM, which oneDNN beats on some CPUs:
+    the ceiling is the faster of the two)."""
     x = torch.randn(n, n, device=device).to(dtype)
     y = torch.randn(n, n, device=device).to(dtype)
-    (x @ y).sum().item()
-    best = min(timed(lambda: x @ y, device) for _ in range(reps))
+    products = [lambda: x @ y]
+    if device.type == "cpu":
+        from mmcli.model.packed import packing_available
+
+        if packing_available():
+            products.append(lambda: torch.ops.mkldnn._linear_pointwise(x, y, None, "none", [], ""))
+    best = float("inf")
+    for product in products:
+        product()
+        best = min(best, *(timed(product, device) for _ in range(reps)))
     return 2 * n**3 / best
 
 
@@ -228,14 +242,30 @@ class CpuShare:
 
 def build(a, device):
     torch.manual_seed(0)
-    mm, hf = mmcli_model(a).to(device), hf_model(a).to(device)
+    mm, hf = as_mmcli_runs_it(a, mmcli_model(a).to(device), device), hf_model(a).to(device)
     mm.train(), hf.train()
-    # inference copies in bf16 (mmcli caption --precision bf16 keeps bf16 weights); HF both ways
-    gen = {"mm_fp32": mm, "hf_fp32": hf}
+    # inference copies as mmcli caption loads them: eval mode, in the precision's dtype (bf16 weights, not
+    # autocast), on a CPU with oneDNN's prepacked linear layers (mmcli/model/packed.py; --no-pack: without)
+    gen = {"mm_fp32": inference_copy(a, mm, torch.float32, device), "hf_fp32": hf}
     if any(p.endswith("bf16") and not p.startswith("train") for p in a.phases):
-        gen["mm_bf16"] = copy.deepcopy(mm).to(torch.bfloat16).eval()
+        gen["mm_bf16"] = inference_copy(a, mm, torch.bfloat16, device)
         gen["hf_bf16w"] = copy.deepcopy(hf).to(torch.bfloat16).eval()
     return mm, hf, gen
+
+
+def as_mmcli_runs_it(a, model: torch.nn.Module, device) -> torch.nn.Module:
+    """The model with its linear layers swapped for oneDNN's on a CPU, as ``mmcli finetune`` and
+    ``mmcli.load`` do (mmcli/model/packed.py), unless ``--no-pack``."""
+    from mmcli.model.packed import pack_linears
+
+    if device.type == "cpu" and getattr(a, "pack", True):
+        pack_linears(model)
+    return model
+
+
+def inference_copy(a, mm, dtype: torch.dtype, device) -> torch.nn.Module:
+    """What ``mmcli.load`` (caption, vqa, retrieve) makes of a model: see ``mmcli.api.Model.from_run``."""
+    return as_mmcli_runs_it(a, copy.deepcopy(mm).to(dtype).eval(), device)
 
 
 def contenders(a, device, mm, hf, gen, b):
@@ -246,7 +276,7 @@ def contenders(a, device, mm, hf, gen, b):
 
     compiled = None
     if a.compile:  # mmcli finetune --compile: the same weights, the layers compiled (the first steps compile)
-        compiled = mmcli_model(a).to(device)
+        compiled = as_mmcli_runs_it(a, mmcli_model(a).to(device), device)
         compiled.load_state_dict(mm.state_dict())
         compiled.train()
         compiled.compile_layers()
@@ -336,7 +366,8 @@ def _row(a, res: dict, phase: str, mm_times, hf_times) -> dict:
 
 def print_table(a, rows: list[dict], device) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    print(f"\n{name}, torch {torch.__version__}, {torch.get_num_threads()} threads, mmcli attention {a.attention}; "
+    print(f"\n{name}, torch {torch.__version__}, {torch.get_num_threads()} threads, mmcli attention {a.attention}, "
+          f"{'oneDNN' if a.pack else 'F.linear'} linear layers; "
           f"image {a.image_size}/{a.patch}, "
           f"width {a.dim}, {a.enc_layers}+{a.dec_layers} layers, {a.heads} heads, vocab {a.vocab}, "
           f"{a.text_len} tokens, batch {a.batch}; {a.rounds} rounds after {a.warmup} warm-up")
@@ -386,6 +417,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     ap.add_argument("--attention", choices=("auto", "sdpa", "plain"), default="auto",
                     help="mmcli's attention path (auto: its default; sdpa: as Hugging Face, for an ablation).")
+    ap.add_argument("--no-pack", dest="pack", action="store_false",
+                    help="mmcli with F.linear instead of oneDNN's linear layers (an ablation; mmcli finetune and "
+                         "mmcli.load swap them in on a CPU).")
     ap.add_argument("--compile", action="store_true",
                     help="Also time mmcli's training step with its layers compiled (mmcli finetune --compile).")
     ap.add_argument("--json", help="Also write the rows and raw timings to this file.")

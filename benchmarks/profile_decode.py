@@ -3,7 +3,7 @@
     python benchmarks/profile_decode.py --precision bf16 --beam 1     # greedy, bf16 weights
     python benchmarks/profile_decode.py --precision fp32 --beam 3 --attention sdpa --profile
 
-The model is benchmarks/peer_hf.py's mmcli side (ViT 224/16 width 256, 4 cross-attention decoder layers,
+The model is benchmarks/peer_hf.py's mmcli side as ``mmcli.load`` makes it (prepacked linear layers) (ViT 224/16 width 256, 4 cross-attention decoder layers,
 vocabulary 8,000; random weights, nothing downloaded), batch 32, 20 tokens with end-of-sequence disabled.
 The images are encoded once before the timing; each timed call runs ``start`` (filling the caches
 from the encoded image) and the 20 steps. Median of ``--repeats`` calls; ``--profile`` adds
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--no-pack", dest="pack", action="store_false", help="Without oneDNN's prepacked linear layers.")
     a = ap.parse_args()
 
     import peer_hf
@@ -44,7 +45,8 @@ def main() -> None:
     set_attention_impl(a.attention)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
-    model = peer_hf.mmcli_model(shape).to(dtype).eval()
+    shape.pack = a.pack
+    model = peer_hf.inference_copy(shape, peer_hf.mmcli_model(shape), dtype, torch.device("cpu"))
     images = peer_hf.make_batch(shape, torch.device("cpu")).images.to(dtype)
     with torch.no_grad():
         img = model.encode_image(images)
