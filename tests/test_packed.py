@@ -18,6 +18,13 @@ from mmcli.model.vlm import VLM
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN linear ops")
 
 FUSIONS = ["late", "concat", "cross"]
+
+
+@pytest.fixture(autouse=True)
+def every_layer(monkeypatch):
+    """The test models are tiny: pack every layer and train every product through oneDNN."""
+    monkeypatch.setattr(packed_mod, "MIN_WEIGHT", 0)
+    monkeypatch.setattr(packed_mod, "MIN_TRAIN_ROWS", 0)
 VIT = {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 4.0}
 
 
@@ -148,3 +155,19 @@ def test_nothing_changes_without_onednn(monkeypatch):
     m = model()
     assert pack_linears(m) == 0
     assert any(type(x) is nn.Linear for x in m.modules())
+
+
+def test_small_layers_and_few_rows_keep_f_linear(monkeypatch):
+    monkeypatch.setattr(packed_mod, "MIN_WEIGHT", 64 * 64 + 1)
+    m = model()  # width 64: its 64 x 64 projections stay, its 64 x 192 and 64 x 256 layers are swapped
+    pack_linears(m)
+    block = m.fusion_blocks[0]
+    assert type(block.cross_attn.q) is nn.Linear and type(block.self_attn.qkv) is PackedLinear
+    monkeypatch.setattr(packed_mod, "MIN_TRAIN_ROWS", 10)
+    calls = []
+    monkeypatch.setattr(packed_mod._OneDNNLinear, "apply", lambda *a: calls.append(1) or torch.zeros(()))
+    lin = PackedLinear(nn.Linear(8, 4))
+    lin(torch.randn(9, 8))  # 9 rows: F.linear
+    assert calls == []
+    lin(torch.randn(2, 5, 8))  # 10 rows: oneDNN
+    assert calls == [1]

@@ -2,7 +2,8 @@
 inference, oneDNN's products for training.
 
 ``pack_linears(model)`` swaps every ``nn.Linear`` of a model (mmcli's layers, the timm backbone's,
-the tied LM head) for a :class:`PackedLinear` that shares its parameters: the state dict and the
+the tied LM head) of at least ``MIN_WEIGHT`` weights for a :class:`PackedLinear` that shares its
+parameters: the state dict and the
 weight ties are unchanged. ``mmcli.load`` (caption, vqa, retrieve) and the trainer apply it on a CPU.
 
 * Inference (``torch.no_grad``): the weight is reordered once into oneDNN's blocked layout and
@@ -10,8 +11,8 @@ weight ties are unchanged. ``mmcli.load`` (caption, vqa, retrieve) and the train
   frozen CPU models); the first linear of an MLP applies the GELU in the same kernel (its
   activation module becomes an ``nn.Identity``). The packed weight is remade when the weight
   changes (``load_state_dict``, an optimizer step, ``.to``).
-* fp32 training (gradients on, no autocast): the forward product and the input's gradient go
-  through oneDNN, the weight's gradient through ``mm``. bf16 training keeps ``F.linear``: torch's
+* fp32 training (gradients on, no autocast) of at least ``MIN_TRAIN_ROWS`` rows: the forward
+  product and the input's gradient go through oneDNN, the weight's gradient through ``mm``. bf16 training keeps ``F.linear``: torch's
   bf16 CPU products already run on oneDNN, and the swap measured no gain there (1.00x).
 
 Same precision as ``F.linear``: fp32 stays fp32 (oneDNN's fp32 kernels accumulate in fp32), bf16
@@ -70,8 +71,9 @@ class PackedLinear(nn.Module):
             return self._plain(x, w, b)  # (the compiler fuses F.linear its own way)
         if torch.is_grad_enabled():
             self._packed = self._key = None  # training: no stale packed copy kept
-            if x.dtype != torch.float32 or w.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-                # (torch's bf16 products already run on oneDNN: no gain measured there)
+            if (x.dtype != torch.float32 or w.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                    or x.numel() < MIN_TRAIN_ROWS * x.shape[-1]):
+                # (torch's bf16 products already run on oneDNN: no gain measured there; fewer rows: slower)
                 return self._plain(x, w, b)
             y = _OneDNNLinear.apply(x, w, b)
             return F.gelu(y, approximate=self.algorithm) if self.activation == "gelu" else y
@@ -89,6 +91,12 @@ class PackedLinear(nn.Module):
 
 
 _DTYPES = (torch.float32, torch.bfloat16)
+# Smaller layers stay nn.Linear: oneDNN's fixed cost per call outweighs its faster kernel (fp32
+# inference of a 64 x 192 layer measured 0.3-0.5x; 256 x 256 and up, 1.15x and up).
+MIN_WEIGHT = 256 * 256
+# Training products of fewer rows keep F.linear: forward plus backward measured 0.8-0.93x at 640 rows,
+# 1.02x at 2,048 and 1.19x at 6,304 (a ViT's 197 tokens for 32 images).
+MIN_TRAIN_ROWS = 4096
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -147,19 +155,22 @@ def _mlp_types() -> tuple[type, ...]:
 
 
 def pack_linears(model: nn.Module) -> int:
-    """Swap the model's ``nn.Linear`` layers for :class:`PackedLinear` in place (for inference, GELU
-    fused into an MLP's first layer); the number swapped. Nothing changes (0) where oneDNN's ops are
-    missing."""
+    """Swap the model's ``nn.Linear`` layers of at least ``MIN_WEIGHT`` weights for :class:`PackedLinear`
+    in place (for inference, GELU fused into an MLP's first layer); the number swapped. Nothing
+    changes (0) where oneDNN's ops are missing."""
     if not packing_available():
         return 0
     mlps = _mlp_types()
     swapped = 0
+    def big(m: nn.Module) -> bool:
+        return type(m) is nn.Linear and m.in_features * m.out_features >= MIN_WEIGHT
+
     for parent in list(model.modules()):
         fused_act = None
-        if isinstance(parent, mlps) and isinstance(parent.fc1, nn.Linear) and type(parent.act) is nn.GELU:
+        if isinstance(parent, mlps) and big(parent.fc1) and type(parent.act) is nn.GELU:
             fused_act = parent.act.approximate
         for name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear:
+            if not big(child):
                 continue
             if name == "fc1" and fused_act in _GELU:
                 setattr(parent, name, PackedLinear(child, "gelu", _GELU[fused_act]))
