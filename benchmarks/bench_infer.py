@@ -5,7 +5,10 @@
 Captioning: a trained caption run (``--model``; its best/) captions ``--images`` dev images of
 ../shared/data/flickr8k (decoded and transformed before timing, so only the model is timed)
 in batches of ``--batch-size``, greedy and with beam 3, on the CPU; each round times both,
-alternating which goes first, and the report gives medians and the tokens generated. Without
+alternating which goes first, and the report gives medians and the tokens generated.
+``--compare-unpacked`` also loads the run without oneDNN's linear layers (mmcli/model/packed.py,
+which ``mmcli.load`` swaps in on a CPU) and times it in the same rounds: the speed-up is the
+median of the per-round ratios. Without
 ../shared the images are random noise (then captions are as long as the model makes them).
 
 Retrieval: ``--index-size`` random L2-normalised embeddings of the model's width stand in for
@@ -35,6 +38,8 @@ def main() -> None:
     ap.add_argument("--index-size", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare-unpacked", action="store_true",
+                    help="Also time the model loaded with F.linear layers (no oneDNN packing), interleaved.")
     a = ap.parse_args()
 
     import torch
@@ -44,6 +49,13 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     model = mmcli.load(a.model, "cpu")
+    models = {"packed": model}
+    if a.compare_unpacked:
+        from mmcli.model import packed
+
+        available, packed.packing_available = packed.packing_available, lambda: False
+        models["F.linear"] = mmcli.load(a.model, "cpu")
+        packed.packing_available = available
     if FLICKR.is_dir():
         from mmcli.data.spec import load_dataset
 
@@ -55,19 +67,20 @@ def main() -> None:
         batch = torch.randn(a.images, 3, model.config.image_size, model.config.image_size)
         source = f"{a.images} random-noise images (no ../shared)"
 
-    def run(beam: int) -> tuple[float, int]:
+    def run(m, beam: int) -> tuple[float, int]:
         t0, tokens = time.perf_counter(), 0
         for i in range(0, batch.shape[0], a.batch_size):
-            tokens += sum(len(x) for x in model.caption_ids(batch[i: i + a.batch_size], beam=beam))
+            tokens += sum(len(x) for x in m.caption_ids(batch[i: i + a.batch_size], beam=beam))
         return time.perf_counter() - t0, tokens
 
-    run(1)  # warm-up
-    times: dict[int, list[float]] = {1: [], 3: []}
-    tokens: dict[int, int] = {}
+    for m in models.values():
+        run(m, 1)  # warm-up
+    times: dict[tuple[str, int], list[float]] = {(k, b): [] for k in models for b in (1, 3)}
+    tokens: dict[tuple[str, int], int] = {}
     for r in range(a.rounds):
-        for beam in ((1, 3) if r % 2 == 0 else (3, 1)):
-            dt, tokens[beam] = run(beam)
-            times[beam].append(dt)
+        for key in (list(times) if r % 2 == 0 else list(times)[::-1]):
+            dt, tokens[key] = run(models[key[0]], key[1])
+            times[key].append(dt)
 
     g = torch.Generator().manual_seed(0)
     E = model.config.embed_dim
@@ -86,11 +99,15 @@ def main() -> None:
     print(f"model: {a.model} ({cfg.backbone}, drop_stages={cfg.drop_stages}, {cfg.image_size} px, dim {cfg.dim}, "
           f"{cfg.text_layers}+{cfg.fusion_layers} layers, {cfg.fusion}); {source}; batch {a.batch_size}; "
           f"torch {torch.__version__}, {a.threads} threads; medians of {a.rounds} rounds")
-    for beam, name in ((1, "greedy"), (3, "beam 3")):
-        med = statistics.median(times[beam])
-        n = batch.shape[0]
-        print(f"  {name:7s} {n / med:7.1f} captions/s  ({med:.2f} s for {n} images, "
-              f"{tokens[beam] / n:.1f} tokens per caption)")
+    for (kind, beam), ts in times.items():
+        med, n = statistics.median(ts), batch.shape[0]
+        name = ("greedy" if beam == 1 else f"beam {beam}") + ("" if kind == "packed" else f" ({kind})")
+        print(f"  {name:18s} {n / med:7.1f} captions/s  ({med:.2f} s for {n} images, "
+              f"{tokens[kind, beam] / n:.1f} tokens per caption)")
+        if kind != "packed":
+            ratios = [u / p for u, p in zip(ts, times["packed", beam])]
+            print(f"  {'':18s} oneDNN linear layers {statistics.median(ratios):.2f}x faster "
+                  f"({min(ratios):.2f}-{max(ratios):.2f})")
     print(f"retrieval over {a.index_size:,} embeddings (dim {E}), median of {a.queries} queries: "
           f"text embedding {1000 * statistics.median(embed_t):.1f} ms + top-10 search "
           f"{1000 * statistics.median(search_t):.1f} ms")
