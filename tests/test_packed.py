@@ -171,3 +171,25 @@ def test_small_layers_and_few_rows_keep_f_linear(monkeypatch):
     assert calls == []
     lin(torch.randn(2, 5, 8))  # 10 rows: oneDNN
     assert calls == [1]
+
+
+def test_a_used_packed_model_copies_pickles_and_runs_under_inference_mode(tmp_path):
+    fast = model()
+    pack_linears(fast)
+    images, ids, _ = inputs()
+    with torch.no_grad():
+        want = fast.lm_logits(images, ids)  # packs
+    torch.testing.assert_close(_no_grad(copy.deepcopy(fast).lm_logits, images, ids), want)
+    torch.save(fast, tmp_path / "m.pt")
+    again = torch.load(tmp_path / "m.pt", weights_only=False)
+    torch.testing.assert_close(_no_grad(again.lm_logits, images, ids), want)
+    with torch.inference_mode():  # weights made here are inference tensors: plain F.linear for them
+        lin = nn.Linear(8, 4)
+        packed = PackedLinear(lin)
+        x = torch.randn(2, 8)
+        torch.testing.assert_close(packed(x), lin(x))
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)

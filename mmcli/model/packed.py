@@ -77,13 +77,18 @@ class PackedLinear(nn.Module):
                 return self._plain(x, w, b)
             y = _OneDNNLinear.apply(x, w, b)
             return F.gelu(y, approximate=self.algorithm) if self.activation == "gelu" else y
-        if x.dtype != w.dtype or w.dtype not in _DTYPES:
-            return self._plain(x, w, b)
+        if x.dtype != w.dtype or w.dtype not in _DTYPES or w.is_inference():
+            return self._plain(x, w, b)  # (weights made under inference_mode have no version to check)
         key = (w.data_ptr(), w.dtype, w._version)
         if key != self._key:  # packed once, again only when the weight changed
             self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
             self._key = key
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, b, self.activation, [], self.algorithm)
+
+    def __getstate__(self) -> dict:
+        """deepcopy and pickle without the packed weight (oneDNN's opaque tensor has no storage to copy)."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_packed": None, "_key": None}
 
     def _plain(self, x, w, b) -> torch.Tensor:
         y = F.linear(x, w, b)
