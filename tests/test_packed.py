@@ -102,6 +102,16 @@ def test_training_gives_the_same_loss_and_gradients(precision):
             torch.testing.assert_close(q.grad, p.grad, **tol, msg=name)
 
 
+def test_autocast_keeps_f_linear_also_without_gradients(monkeypatch):
+    """Validation and feature caching under bf16 autocast compute in bf16, as F.linear under autocast."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", None, raising=False)  # any use would fail
+    p = PackedLinear(nn.Linear(8, 4), "gelu", "tanh")
+    x = torch.randn(3, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = p(x)
+    assert y.dtype == torch.bfloat16
+
+
 def test_a_frozen_layer_gets_no_weight_gradient():
     lin = nn.Linear(8, 4)
     lin.weight.requires_grad_(False)

@@ -3,24 +3,25 @@ inference, oneDNN's products for training.
 
 ``pack_linears(model)`` swaps every ``nn.Linear`` of a model (mmcli's layers, the timm backbone's,
 the tied LM head) of at least ``MIN_WEIGHT`` weights for a :class:`PackedLinear` that shares its
-parameters: the state dict and the
-weight ties are unchanged. ``mmcli.load`` (caption, vqa, retrieve) and the trainer apply it on a CPU.
+parameters: the state dict and the weight ties are unchanged. ``mmcli.load`` (caption, vqa,
+retrieve) and the trainer apply it on a CPU.
 
 * Inference (``torch.no_grad``): the weight is reordered once into oneDNN's blocked layout and
   multiplied through ``torch.ops.mkldnn._linear_pointwise`` (the op ``torch.compile`` uses for
   frozen CPU models); the first linear of an MLP applies the GELU in the same kernel (its
   activation module becomes an ``nn.Identity``). The packed weight is remade when the weight
   changes (``load_state_dict``, an optimizer step, ``.to``).
-* fp32 training (gradients on, no autocast) of at least ``MIN_TRAIN_ROWS`` rows: the forward
-  product and the input's gradient go through oneDNN, the weight's gradient through ``mm``. bf16 training keeps ``F.linear``: torch's
+* fp32 training (gradients on) of at least ``MIN_TRAIN_ROWS`` rows: the forward product and the
+  input's gradient go through oneDNN, the weight's gradient through ``mm``.
+* Under CPU autocast (bf16 training and its validation) a PackedLinear is ``F.linear``: torch's
   bf16 CPU products already run on oneDNN, and the swap measured no gain there (1.00x).
 
 Same precision as ``F.linear``: fp32 stays fp32 (oneDNN's fp32 kernels accumulate in fp32), bf16
 stays bf16. Why: torch's fp32 CPU product is MKL's GEMM, which on the 2-core AMD EPYC this was
 measured on runs the model's shapes (6,304 rows of 256 -> 1,024 and back) 1.3-1.6x slower than
 oneDNN; for inference a separate GELU over those rows costs as much as the product (fp32 and
-bf16), and the LM head over 8,000 tokens for 32 rows is 2.3x faster packed. BENCHMARKS.md has the end-to-end numbers
-(``benchmarks/peer_hf.py``, ``--no-pack`` for the ablation).
+bf16), and the LM head over 8,000 tokens for 32 rows is 2.3x faster packed. BENCHMARKS.md has the
+end-to-end numbers (``benchmarks/peer_hf.py``, ``--no-pack`` for the ablation).
 
 On another device, under ``torch.compile``, or for other dtypes a PackedLinear is ``F.linear`` and
 its activation.
@@ -67,14 +68,15 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        if x.device.type != "cpu" or x.numel() == 0 or torch.compiler.is_compiling():
-            return self._plain(x, w, b)  # (the compiler fuses F.linear its own way)
+        if (x.device.type != "cpu" or x.numel() == 0 or torch.compiler.is_compiling()
+                or torch.is_autocast_enabled("cpu")):
+            # (the compiler fuses F.linear its own way; autocast casts F.linear's arguments, and its bf16
+            # products already run on oneDNN: no gain measured there)
+            return self._plain(x, w, b)
         if torch.is_grad_enabled():
             self._packed = self._key = None  # training: no stale packed copy kept
-            if (x.dtype != torch.float32 or w.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
-                    or x.numel() < MIN_TRAIN_ROWS * x.shape[-1]):
-                # (torch's bf16 products already run on oneDNN: no gain measured there; fewer rows: slower)
-                return self._plain(x, w, b)
+            if x.dtype != torch.float32 or w.dtype != torch.float32 or x.numel() < MIN_TRAIN_ROWS * x.shape[-1]:
+                return self._plain(x, w, b)  # (bf16 weights: as under autocast; fewer rows: slower)
             y = _OneDNNLinear.apply(x, w, b)
             return F.gelu(y, approximate=self.algorithm) if self.activation == "gelu" else y
         if x.dtype != w.dtype or w.dtype not in _DTYPES or w.is_inference():
@@ -167,6 +169,7 @@ def pack_linears(model: nn.Module) -> int:
         return 0
     mlps = _mlp_types()
     swapped = 0
+
     def big(m: nn.Module) -> bool:
         return type(m) is nn.Linear and m.in_features * m.out_features >= MIN_WEIGHT
 
