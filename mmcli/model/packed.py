@@ -29,6 +29,8 @@ its activation.
 
 from __future__ import annotations
 
+import platform
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,8 +41,9 @@ _GELU = {"none": "none", "tanh": "tanh"}
 
 
 def packing_available() -> bool:
-    """Whether this torch build has oneDNN's linear ops and they run here (a tiny probe)."""
-    if not torch.backends.mkldnn.is_available():
+    """Whether this is an x86-64 CPU (where it was measured; elsewhere torch's own products are kept)
+    and this torch build has oneDNN's linear ops and they run here (a tiny probe)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
     try:
         w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2), None)
