@@ -16,9 +16,9 @@ warm-up rounds, it times:
 * ``greedy_fp32`` / ``greedy_bf16``: greedy generation of 20 tokens for the batch, KV cache on
   both sides, end-of-sequence disabled (both emit 20 tokens); mmcli's model is loaded as
   ``mmcli caption`` loads it (``mmcli.load``: eval mode, on a CPU oneDNN's prepacked linear
-  layers); bf16: mmcli keeps bf16 weights (as ``mmcli caption
-  --precision bf16``); Hugging Face is timed both under autocast and with its weights in bf16,
-  and the faster of the two is the one compared;
+  layers); bf16: mmcli keeps bf16 weights (as ``mmcli caption --precision bf16``); Hugging Face
+  is timed both under autocast and with its weights in bf16, and the faster of the two is the one
+  compared;
 * ``beam3_fp32`` / ``beam3_bf16``: beam search with 3 beams, the same way.
 
 It prints, per phase, samples (or images) per second for both, the median of the per-round
@@ -367,7 +367,7 @@ def _row(a, res: dict, phase: str, mm_times, hf_times) -> dict:
 def print_table(a, rows: list[dict], device) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     print(f"\n{name}, torch {torch.__version__}, {torch.get_num_threads()} threads, mmcli attention {a.attention}, "
-          f"{'oneDNN' if a.pack else 'F.linear'} linear layers; "
+          f"{'oneDNN' if a.pack and device.type == 'cpu' else 'F.linear'} linear layers; "
           f"image {a.image_size}/{a.patch}, "
           f"width {a.dim}, {a.enc_layers}+{a.dec_layers} layers, {a.heads} heads, vocab {a.vocab}, "
           f"{a.text_len} tokens, batch {a.batch}; {a.rounds} rounds after {a.warmup} warm-up")
