@@ -6,9 +6,12 @@
                                                                          #   peak RSS of training and generation
     python benchmarks/bench_train.py --preset small --frozen-compare     # full vs frozen backbone vs frozen +
                                                                          #   cached features, interleaved
+    python benchmarks/bench_train.py --preset base --precision fp32 --pack-compare
+                                                                         # F.linear vs oneDNN's linear layers
 
 A training step is what ``mmcli finetune --task caption`` runs: ``mmcli.train.caption_loss``
-(cross-attention fusion), backward, gradient clipping, the trainer's AdamW. The batch is synthetic:
+(cross-attention fusion), backward, gradient clipping, the trainer's AdamW, and on a CPU oneDNN's
+linear layers as the trainer swaps them in (mmcli/model/packed.py). The batch is synthetic:
 ``--batch`` images at the preset's size with one caption of ``--text-len`` tokens each (random
 weights and pixels: speed does not depend on them; nothing is downloaded). FLOPs are counted by
 torch's FlopCounterMode over one real step (forward and backward: a frozen backbone has no
@@ -143,6 +146,24 @@ def frozen_compare(a) -> None:
         if mode == "cached":
             batch.images = features_of(model, batch.images, dtype)
         runs[mode] = (model, opt, batch)
+    _interleaved(a, runs, dtype, device)
+
+
+def pack_compare(a) -> None:
+    """The same model (the same initial weights) with oneDNN's linear layers, as the trainer runs it on a
+    CPU, and with F.linear, interleaved step by step."""
+    from mmcli.device import resolve_precision
+
+    device = torch.device(a.device)
+    dtype = resolve_precision(a.precision, device)
+    runs = {name: build(argparse.Namespace(**{**vars(a), "pack": pack}), device)
+            for name, pack in (("F.linear", False), ("oneDNN", True))}
+    _interleaved(a, runs, dtype, device)
+
+
+def _interleaved(a, runs: dict, dtype, device) -> None:
+    """Training steps of each run in turn (the order alternating), then rates and the median of the
+    per-round ratios against the first run."""
     times = {m: [] for m in runs}
     for r in range(a.warmup + a.steps):
         order = list(runs) if r % 2 == 0 else list(runs)[::-1]
@@ -150,10 +171,12 @@ def frozen_compare(a) -> None:
             t = timed(lambda: mmcli_train_step(*runs[m], dtype), device)
             if r >= a.warmup:
                 times[m].append(t)
+    first = next(iter(runs))
     print(f"{a.preset} preset, batch {a.batch}, {str(dtype or torch.float32).replace('torch.', '')}, {a.steps} rounds")
     for m in runs:
-        ratio = statistics.median(f / t for f, t in zip(times["full"], times[m]))
-        print(f"  {m:7s} {a.batch / statistics.median(times[m]):8.1f} samples/s  {ratio:5.2f}x full")
+        ratios = [f / t for f, t in zip(times[first], times[m])]
+        print(f"  {m:9s} {a.batch / statistics.median(times[m]):8.1f} samples/s  {statistics.median(ratios):5.2f}x "
+              f"{first} ({min(ratios):.2f}-{max(ratios):.2f})")
 
 
 def memory(a) -> None:
@@ -195,12 +218,16 @@ def main() -> None:
     ap.add_argument("--generate", action="store_true", help="Time greedy generation instead of training.")
     ap.add_argument("--memory", action="store_true", help="Peak RSS of every preset, each in its own process.")
     ap.add_argument("--frozen-compare", action="store_true", help="full / frozen / cached, interleaved.")
+    ap.add_argument("--pack-compare", action="store_true",
+                    help="F.linear / oneDNN's linear layers (mmcli/model/packed.py, the trainer's on a CPU), interleaved.")
     ap.add_argument("--json-line", action="store_true", help="Print one JSON line (for --memory).")
     a = ap.parse_args()
     if a.memory:
         return memory(a)
     if a.frozen_compare:
         return frozen_compare(a)
+    if a.pack_compare:
+        return pack_compare(a)
     out = generation(a) if a.generate else one(a)
     if a.json_line:
         print(json.dumps(out))
