@@ -80,8 +80,7 @@ class PackedLinear(nn.Module):
             self._packed = self._key = None  # training: no stale packed copy kept
             if x.dtype != torch.float32 or w.dtype != torch.float32 or x.numel() < MIN_TRAIN_ROWS * x.shape[-1]:
                 return self._plain(x, w, b)  # (bf16 weights: as under autocast; fewer rows: slower)
-            y = _OneDNNLinear.apply(x, w, b)
-            return F.gelu(y, approximate=self.algorithm) if self.activation == "gelu" else y
+            return self._activate(_OneDNNLinear.apply(x, w, b))
         if x.dtype != w.dtype or w.dtype not in _DTYPES or w.is_inference():
             return self._plain(x, w, b)  # (weights made under inference_mode have no version to check)
         key = (w.data_ptr(), w.dtype, w._version)
@@ -92,11 +91,13 @@ class PackedLinear(nn.Module):
 
     def __getstate__(self) -> dict:
         """deepcopy and pickle without the packed weight (oneDNN's opaque tensor has no storage to copy)."""
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_packed": None, "_key": None}
+        return {**super().__getstate__(), "_packed": None, "_key": None}
 
     def _plain(self, x, w, b) -> torch.Tensor:
-        y = F.linear(x, w, b)
+        return self._activate(F.linear(x, w, b))
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        """The activation, where the product did not apply it."""
         return F.gelu(y, approximate=self.algorithm) if self.activation == "gelu" else y
 
 
