@@ -6,6 +6,7 @@ The Flickr8k training test (marked slow) needs ../shared/data/flickr8k.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +46,40 @@ def test_large_vocab_on_small_corpus_shrinks_instead_of_failing():
     assert 262 < t.vocab_size < 8000
 
 
-@pytest.mark.parametrize("model_type", ["unigram", "bpe", "char"])
+@pytest.mark.parametrize("model_type", ["auto", "unigram", "bpe", "char"])
 def test_model_types_round_trip(model_type):
     t = Tokenizer.train(CORPUS, vocab_size=300, model_type=model_type)
     assert t.decode(t.encode("A dog on the beach, 狗!")) == "a dog on the beach, 狗!"
+
+
+# A corpus like easy-VQA's questions: few distinct sentences over a few dozen words.
+QUESTIONS = [f"{w} {q}" for w in ("what", "which") for q in (
+    "shape is present?", "color is the shape?", "shape is in the image?", "color is the circle?",
+    "color is the triangle?", "color is the rectangle?")] + [
+    f"does the image {neg}contain a {c} shape?" for neg in ("", "not ") for c in (
+        "red", "green", "blue", "yellow", "teal", "brown", "gray", "black")] + [
+    f"is there a {c} {s} in the image?" for c in ("red", "blue", "gray") for s in ("circle", "triangle", "rectangle")]
+
+
+def test_auto_picks_bpe_where_unigram_splits_the_words_of_a_small_corpus():
+    unigram = Tokenizer.train(QUESTIONS * 20, model_type="unigram")
+    auto = Tokenizer.train(QUESTIONS * 20)
+    n = lambda t: sum(len(t.encode(q)) for q in QUESTIONS)  # noqa: E731
+    assert n(auto) < n(unigram)  # unigram's pieces are fragments: a question takes more of them
+    assert auto.model_proto == Tokenizer.train(QUESTIONS * 20, model_type="bpe").model_proto
+    assert [auto.decode([i]) for i in auto.encode("What color is the triangle?")] == [
+        "what", "color", "is", "the", "triangle", "?"]
+    assert auto.decode(auto.encode("Is there a purple star?")) == "is there a purple star?"  # unseen words: bytes
+
+
+def test_auto_keeps_unigram_when_bpe_fills_the_vocabulary():
+    # 1,500 random words: unigram stops a little below 2,000 pieces, BPE has merges to spare
+    r = random.Random(0)
+    words = ["".join(r.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(r.randint(3, 8))) for _ in range(1500)]
+    corpus = [" ".join(r.choice(words) for _ in range(8)) for _ in range(3000)]
+    unigram = Tokenizer.train(corpus, vocab_size=2000, model_type="unigram")
+    assert unigram.vocab_size < 2000 == Tokenizer.train(corpus, vocab_size=2000, model_type="bpe").vocab_size
+    assert Tokenizer.train(corpus, vocab_size=2000).model_proto == unigram.model_proto
 
 
 def test_training_is_deterministic():
@@ -59,7 +90,7 @@ def test_training_is_deterministic():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"vocab_size": 100}, "vocab size 100 is too small for the training texts: it needs at least"),
-    ({"model_type": "word"}, "model type 'word': expected one of unigram, bpe, char"),
+    ({"model_type": "word"}, "model type 'word': expected one of auto, unigram, bpe, char"),
 ])
 def test_bad_training_options(kwargs, message):
     with pytest.raises(UserError, match=message):
