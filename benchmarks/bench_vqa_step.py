@@ -10,6 +10,14 @@ the same real batch (the round's, taken in the training order): the loss, backwa
 the AdamW step, as the training loop runs them. "every text" turns off :meth:`VLM.distinct_texts`,
 so every question runs through the text layer, as before the change; "shared" is mmcli now.
 Reports medians and the median of the per-round ratios.
+
+    python benchmarks/bench_vqa_step.py --rounds 20 --compare tokenizer
+
+compares the tokenizers instead, both with the repeated questions shared: each session is built
+twice, once with the questions' tokenizer as the trainer now trains it (``auto``: BPE on easy-VQA,
+whole words, about 7 tokens a question) and once with SentencePiece's unigram model (what the
+trainer used before: letters and fragments, about 14 tokens), and each round's batch holds the
+same questions and images for all of them.
 """
 
 from __future__ import annotations
@@ -26,16 +34,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def session(frozen: bool, out: Path, precision: str):
+def session(frozen: bool, out: Path, precision: str, tokenizer: str = "auto"):
     from mmcli import train
     from mmcli.device import resolve_precision
+    from mmcli.tokenizer import Tokenizer
 
     cfg = train.TrainConfig(task="vqa", data="easyvqa", out=str(out), preset="small", fusion="late",
                             model={"drop_stages": 2, "text_layers": 1, "image_size": 64}, batch_size=16,
                             max_steps=850, eval_every=425, lr=3e-4, precision=precision,
                             freeze_backbone=frozen, feature_cache=frozen)
     device = torch.device("cpu")
-    s = train._build(cfg, train._Opened(), device, resolve_precision(cfg.precision, device))
+    trained = Tokenizer.train.__func__
+    Tokenizer.train = classmethod(lambda cls, texts, vocab_size=8000, model_type=tokenizer, lowercase=True:
+                                  trained(cls, texts, vocab_size, model_type, lowercase))
+    try:
+        s = train._build(cfg, train._Opened(), device, resolve_precision(cfg.precision, device))
+    finally:
+        Tokenizer.train = classmethod(trained)
     s.model.train()
     return cfg, s
 
@@ -55,46 +70,59 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--compare", default="sharing", choices=("sharing", "tokenizer"),
+                    help="sharing: repeated questions once or every question; tokenizer: auto against unigram")
     a = ap.parse_args()
     from mmcli import train
 
+    tokenizers = ("auto", "unigram") if a.compare == "tokenizer" else ("auto",)
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {"full": session(False, Path(tmp) / "full", a.precision),
-                    "frozen + cached": session(True, Path(tmp) / "frozen", a.precision)}
-        cfg0, s0 = sessions["full"]
+        sessions = {(kind, tok): session(kind != "full", Path(tmp) / f"{kind}-{tok}", a.precision, tok)
+                    for kind in ("full", "frozen + cached") for tok in tokenizers}
+        cfg0, s0 = sessions["full", "auto"]
         order = train._epoch_batches(len(s0.train_set), cfg0, 0, s0.steps_per_epoch)[: a.warmup + a.rounds]
-        loaders = {name: iter(train._loader(s, order, cfg, 0)) for name, (cfg, s) in sessions.items()}
-        times: dict[str, list[float]] = {}
-        questions = []
+        loaders = {key: iter(train._loader(s, order, cfg, 0)) for key, (cfg, s) in sessions.items()}
+        shares = (True, False) if a.compare == "sharing" else (True,)
+        times: dict[tuple, list[float]] = {}
+        questions = {tok: [] for tok in tokenizers}
         for r in range(a.warmup + a.rounds):
-            batches = {name: next(it).to(torch.device("cpu")) for name, it in loaders.items()}
-            variants = [(name, shared) for name in sessions for shared in (True, False)]
-            for name, shared in variants if r % 2 == 0 else variants[::-1]:
-                cfg, s = sessions[name]
+            batches = {key: next(it).to(torch.device("cpu")) for key, it in loaders.items()}
+            variants = [(key, shared) for key in sessions for shared in shares]
+            for key, shared in variants if r % 2 == 0 else variants[::-1]:
+                cfg, s = sessions[key]
                 if shared:
                     s.model.__dict__.pop("distinct_texts", None)  # the method: repeated questions once
                 else:
                     s.model.distinct_texts = lambda ids, lengths: None  # every question
-                t = step(cfg, s, batches[name])
+                t = step(cfg, s, batches[key])
                 if r >= a.warmup:
-                    times.setdefault(f"{name}, {'shared' if shared else 'every text'}", []).append(t)
+                    times.setdefault((*key, shared), []).append(t)
             if r >= a.warmup:
-                ids, lengths = batches["full"].text, batches["full"].text_len
-                u = torch.unique(torch.cat([ids, lengths.unsqueeze(1)], 1), dim=0).shape[0]
-                questions.append((u, ids.shape[0]))
+                for tok in tokenizers:
+                    ids, lengths = batches["full", tok].text, batches["full", tok].text_len
+                    u = torch.unique(torch.cat([ids, lengths.unsqueeze(1)], 1), dim=0).shape[0]
+                    questions[tok].append((u, ids.shape[0], float(lengths.float().mean()), ids.shape[1]))
             print(f"round {r + 1}/{a.warmup + a.rounds}{' (warm-up)' if r < a.warmup else ''}", file=sys.stderr)
 
     print(f"easy-VQA default session, precision {a.precision}, {torch.get_num_threads()} threads; "
-          f"{a.rounds} rounds after {a.warmup} warm-up; distinct questions per batch: "
-          f"{statistics.mean(u for u, _ in questions):.1f} of {statistics.mean(n for _, n in questions):.1f}")
-    for name in sessions:
-        shared, every = times[f"{name}, shared"], times[f"{name}, every text"]
-        ratio = statistics.median(e / s for e, s in zip(every, shared))
-        print(f"{name:16s} every text {1000 * statistics.median(every):7.1f} ms   shared "
-              f"{1000 * statistics.median(shared):7.1f} ms   speed-up {ratio:.2f}x "
-              f"({min(e / s for e, s in zip(every, shared)):.2f}-{max(e / s for e, s in zip(every, shared)):.2f})")
-    full, cached = times["full, shared"], times["frozen + cached, shared"]
-    print(f"frozen + cached against full, both shared: {statistics.median(f / c for f, c in zip(full, cached)):.2f}x")
+          f"{a.rounds} rounds after {a.warmup} warm-up")
+    for tok, q in questions.items():
+        print(f"tokenizer {tok}: distinct questions per batch {statistics.mean(u for u, *_ in q):.1f} of "
+              f"{statistics.mean(n for _, n, *_ in q):.1f}; tokens per question {statistics.mean(m for *_, m, _ in q):.1f}, "
+              f"padded to {statistics.mean(w for *_, w in q):.1f}")
+    ratio = lambda slow, fast: (statistics.median(x / y for x, y in zip(slow, fast)),  # noqa: E731
+                                min(x / y for x, y in zip(slow, fast)), max(x / y for x, y in zip(slow, fast)))
+    for kind in ("full", "frozen + cached"):
+        if a.compare == "sharing":
+            shared, every = times[kind, "auto", True], times[kind, "auto", False]
+            print(f"{kind:16s} every text {1000 * statistics.median(every):7.1f} ms   shared "
+                  f"{1000 * statistics.median(shared):7.1f} ms   speed-up %.2fx (%.2f-%.2f)" % ratio(every, shared))
+        else:
+            auto, unigram = times[kind, "auto", True], times[kind, "unigram", True]
+            print(f"{kind:16s} unigram {1000 * statistics.median(unigram):7.1f} ms   auto "
+                  f"{1000 * statistics.median(auto):7.1f} ms   speed-up %.2fx (%.2f-%.2f)" % ratio(unigram, auto))
+    full, cached = times["full", "auto", True], times["frozen + cached", "auto", True]
+    print("frozen + cached against full, both shared, tokenizer auto: %.2fx (%.2f-%.2f)" % ratio(full, cached))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ AugmentOpt = Annotated[Augment, typer.Option(
     "wrong). Validation and test always see the eval transform.")]
 VocabSize = Annotated[Optional[int], typer.Option(
     min=16, max=1_000_000, help="Upper bound of the SentencePiece vocabulary trained on the training text "
-    "(fewer pieces when the text has fewer). Ignored with --init (the init run's tokenizer).  \\[default: 8000]",
+    "(fewer pieces when the text has fewer: then BPE, whole words, when it takes fewer tokens than unigram). Ignored with --init (the init run's tokenizer).  \\[default: 8000]",
     show_default=False)]
 LabelSmoothing = Annotated[float, typer.Option(
     min=0.0, max=1.0, callback=finite, help="Label smoothing F of the captioning (LM) loss, below 1: the target "
