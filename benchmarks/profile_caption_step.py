@@ -12,6 +12,7 @@ backward, AdamW) with the same loss code the trainer runs (``mmcli.train.caption
     python benchmarks/profile_caption_step.py --nchw           # the image tower in NCHW memory
     python benchmarks/profile_caption_step.py --attention sdpa # SDPA also for bf16 training
     python benchmarks/profile_caption_step.py --compare 10     # all variants, interleaved
+    python benchmarks/profile_caption_step.py --ablate 10      # bf16 ideas not kept, interleaved
 
 Nothing is downloaded; random weights and random images (speed does not depend on them).
 """
@@ -75,9 +76,14 @@ def main() -> None:
     ap.add_argument("--compare", type=int, metavar="ROUNDS", default=0,
                     help="Instead: ROUNDS interleaved rounds of one step of each variant (fp32 / bf16, SDPA / "
                     "plain attention, NCHW / channels-last input); medians and per-round ratios.")
+    ap.add_argument("--ablate", type=int, metavar="ROUNDS", default=0,
+                    help="Instead: ROUNDS interleaved rounds of mmcli's bf16 step against ideas measured and not "
+                    "kept (dropout masks from 15 random bits, no dropout at all, bf16 weights without autocast).")
     args = ap.parse_args()
     if args.compare:
         return compare(args)
+    if args.ablate:
+        return ablate(args)
 
     from mmcli.model.transformer import set_attention_impl
 
@@ -136,6 +142,59 @@ def compare(args) -> None:
         ratio = statistics.median(b / t for b, t in zip(times[base], times[name]))
         med = statistics.median(times[name])
         print(f"{name:42s} {med:9.3f} {5 * args.images / med:11.1f} {ratio:27.2f}x")
+
+
+def threshold_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout with its mask from 15 random bits per element: half an int32 from ``random_`` (whose
+    top bit is always 0, hence the 15 low bits of each half) against a threshold, instead of
+    ``bernoulli_``'s one draw per element. Keeps round((1 - p) * 2^15) / 2^15 of the elements and
+    rescales by the inverse of that, so the expectation is x. Benchmark only (``--ablate``)."""
+    n = x.numel()
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_().view(torch.int16)[:n].view(x.shape)
+    keep = round((1 - p) * 32768)
+    return x * ((bits & 0x7FFF) < keep) * (32768 / keep)
+
+
+def ablate(args) -> None:
+    """mmcli's bf16 step (autocast, torch's dropout) against variants not kept, on copies of one model;
+    each round runs one step of every variant, the order alternating."""
+    import copy
+
+    from torch import nn
+
+    model, _, batch = build(args)
+    models = {"mmcli bf16 (autocast, torch dropout)": model, "dropout from 15-bit thresholds": copy.deepcopy(model),
+              "no dropout": copy.deepcopy(model), "bf16 weights, no autocast": copy.deepcopy(model).to(torch.bfloat16)}
+    for m in models["no dropout"].modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    for m in models["dropout from 15-bit thresholds"].modules():
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            m.forward = lambda x, p=m.p, m=m: threshold_dropout(x, p) if m.training else x
+    from mmcli.train import param_groups
+
+    opts = {k: torch.optim.AdamW(param_groups(m, 0.05), lr=1e-3, foreach=True) for k, m in models.items()}
+    batch16 = SimpleNamespace(**{**vars(batch), "images": batch.images.to(torch.bfloat16)})
+    autocast = SimpleNamespace(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    plain = SimpleNamespace(autocast=nullcontext)
+    times = {k: [] for k in models}
+    for r in range(args.ablate + 1):  # round 0 warms every variant up
+        for name in list(models) if r % 2 else list(models)[::-1]:
+            m = models[name].train()
+            weights16 = name.startswith("bf16 weights")
+            t0 = time.perf_counter()
+            step(m, opts[name], batch16 if weights16 else batch, plain if weights16 else autocast, 0.1)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    base = next(iter(models))
+    print(f"{args.ablate} rounds, {5 * args.images} captions a step, dropout {args.dropout}, "
+          f"threads {torch.get_num_threads()}")
+    print(f"{'variant':42s} {'median s':>9s} {'captions/s':>11s} {'speed-up (median, min-max of rounds)':>37s}")
+    for name in models:
+        r = [b / t for b, t in zip(times[base], times[name])]
+        med = statistics.median(times[name])
+        print(f"{name:42s} {med:9.3f} {5 * args.images / med:11.1f} "
+              f"{statistics.median(r):22.2f}x ({min(r):.2f}-{max(r):.2f})")
 
 
 if __name__ == "__main__":
