@@ -18,6 +18,11 @@ twice, once with the questions' tokenizer as the trainer now trains it (``auto``
 whole words, about 7 tokens a question) and once with SentencePiece's unigram model (what the
 trainer used before: letters and fragments, about 14 tokens), and each round's batch holds the
 same questions and images for all of them.
+
+    python benchmarks/bench_vqa_step.py --profile
+
+profiles 10 steps of each session (``auto`` tokenizer, questions shared) after the timed rounds:
+torch.profiler's most expensive ops, grouped by input shape.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--compare", default="sharing", choices=("sharing", "tokenizer"),
                     help="sharing: repeated questions once or every question; tokenizer: auto against unigram")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile 10 more steps of each session (ops by input shape)")
     a = ap.parse_args()
     from mmcli import train
 
@@ -80,7 +87,8 @@ def main() -> None:
         sessions = {(kind, tok): session(kind != "full", Path(tmp) / f"{kind}-{tok}", a.precision, tok)
                     for kind in ("full", "frozen + cached") for tok in tokenizers}
         cfg0, s0 = sessions["full", "auto"]
-        order = train._epoch_batches(len(s0.train_set), cfg0, 0, s0.steps_per_epoch)[: a.warmup + a.rounds]
+        n_batches = a.warmup + a.rounds + (10 if a.profile else 0)
+        order = train._epoch_batches(len(s0.train_set), cfg0, 0, s0.steps_per_epoch)[:n_batches]
         loaders = {key: iter(train._loader(s, order, cfg, 0)) for key, (cfg, s) in sessions.items()}
         shares = (True, False) if a.compare == "sharing" else (True,)
         times: dict[tuple, list[float]] = {}
@@ -103,6 +111,18 @@ def main() -> None:
                     u = torch.unique(torch.cat([ids, lengths.unsqueeze(1)], 1), dim=0).shape[0]
                     questions[tok].append((u, ids.shape[0], float(lengths.float().mean()), ids.shape[1]))
             print(f"round {r + 1}/{a.warmup + a.rounds}{' (warm-up)' if r < a.warmup else ''}", file=sys.stderr)
+        if a.profile:
+            for kind in ("full", "frozen + cached"):
+                cfg, s = sessions[kind, "auto"]
+                s.model.__dict__.pop("distinct_texts", None)
+                steps = [next(loaders[kind, "auto"]).to(torch.device("cpu")) for _ in range(10)]
+                cpu = [torch.profiler.ProfilerActivity.CPU]
+                with torch.profiler.profile(activities=cpu, record_shapes=True) as prof:
+                    for batch in steps:
+                        step(cfg, s, batch)
+                print(f"{kind}: 10 steps profiled")
+                print(prof.key_averages(group_by_input_shape=True).table(
+                    sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=30, max_shapes_column_width=70))
 
     print(f"easy-VQA default session, precision {a.precision}, {torch.get_num_threads()} threads; "
           f"{a.rounds} rounds after {a.warmup} warm-up")

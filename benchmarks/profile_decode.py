@@ -2,6 +2,7 @@
 
     python benchmarks/profile_decode.py --precision bf16 --beam 1     # greedy, bf16 weights
     python benchmarks/profile_decode.py --precision fp32 --beam 3 --attention sdpa --profile
+    python benchmarks/profile_decode.py --precision fp32 --profile --shapes   # by input shape
 
 The model is benchmarks/peer_hf.py's mmcli side as ``mmcli.load`` makes it (prepacked linear layers) (ViT 224/16 width 256, 4 cross-attention decoder layers,
 vocabulary 8,000; random weights, nothing downloaded), batch 32, 20 tokens with end-of-sequence disabled.
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--shapes", action="store_true", help="With --profile: the ops grouped by their input shapes.")
     ap.add_argument("--no-pack", dest="pack", action="store_false", help="Without oneDNN's prepacked linear layers.")
     a = ap.parse_args()
 
@@ -67,9 +69,11 @@ def main() -> None:
     print(f"{a.precision}, beam {a.beam}, attention {a.attention}, batch {a.batch}: decoding {n} tokens "
           f"{med:.3f} s ({1e3 * med / n:.1f} ms a step; median of {a.repeats}), {torch.get_num_threads()} threads")
     if a.profile:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=a.shapes) as prof:
             run()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        table = prof.key_averages(group_by_input_shape=a.shapes)
+        print(table.table(sort_by="self_cpu_time_total", row_limit=20 if a.shapes else 15,
+                          max_name_column_width=40, max_shapes_column_width=80))
 
 
 if __name__ == "__main__":
