@@ -279,7 +279,7 @@ def contenders(a, device, mm, hf, gen, b):
         compiled = as_mmcli_runs_it(a, mmcli_model(a).to(device), device)
         compiled.load_state_dict(mm.state_dict())
         compiled.train()
-        compiled.compile_layers()
+        compiled.compile_layers(None if a.compile_mode == "default" else a.compile_mode)
         opt_c = optimizer(compiled, device, True)
 
     def train(bf16):
@@ -422,6 +422,9 @@ def main() -> None:
                          "mmcli.load swap them in on a CPU).")
     ap.add_argument("--compile", action="store_true",
                     help="Also time mmcli's training step with its layers compiled (mmcli finetune --compile).")
+    ap.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                    help="torch.compile's mode for --compile (max-autotune: inductor picks among its own GEMM "
+                         "kernels too, which can take the bias and activation into the product; slow to compile).")
     ap.add_argument("--json", help="Also write the rows and raw timings to this file.")
     a = ap.parse_args()
     a.phases = [p for p in a.phases.split(",") if p]

@@ -117,14 +117,15 @@ class VLM(nn.Module):
                     m.weight.fill_(1.0)
                     m.bias.zero_()
 
-    def compile_layers(self) -> None:
+    def compile_layers(self, mode: str | None = None) -> None:
         """``torch.compile`` the image tower and every Transformer block in place (``nn.Module.compile``:
         the state dict keeps its names), for training: the compiler fuses the small element-wise work
         (norms, activations, residual adds, casts) between the matrix products. Text lengths that change
-        from batch to batch compile once more as dynamic shapes."""
-        self.vision.compile()
+        from batch to batch compile once more as dynamic shapes. ``mode``: torch.compile's (None: its
+        default; benchmarks/peer_hf.py --compile-mode tries the others)."""
+        self.vision.compile(mode=mode)
         for blk in (*self.text_blocks, *getattr(self, "fusion_blocks", ())):
-            blk.compile()
+            blk.compile(mode=mode)
 
     # ------------------------------------------------------------------ towers
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
