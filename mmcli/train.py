@@ -764,10 +764,13 @@ def _open_or_build_cache(paths: list[str], size: int, out: Path):
 def _reuse_or_build(what: str, out: Path, reuse: Callable, build: Callable, detail: str = ""):
     """The cache ``reuse()`` opens in ``out`` (None, or a UserError, when there is none yet, a half-built
     or a stale one), else the one ``build()`` makes; one stderr line says which, with its size and time."""
+    from .data.cachedir import touch
+
     try:
         cache = reuse()
         if cache is not None:
             print(f"mmcli: {what} {out}: reusing it ({len(cache)} images)", file=sys.stderr)
+            touch(out)  # last used now: `mmcli data cache --unused-days` keeps it
             return cache
     except UserError:
         pass

@@ -12,7 +12,8 @@ from ..data.spec import SPEC_HELP
 from .options import MAX_SEED, allow_outside_root_option
 
 app = typer.Typer(
-    help="Look at datasets: counts, lengths, vocabulary, answers and blind baselines; write the synthetic set.",
+    help="Look at datasets: counts, lengths, vocabulary, answers and blind baselines; write the synthetic set; "
+    "list and clear mmcli's caches.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -57,6 +58,97 @@ def shapes(
 
     path = write_shapes_jsonl(out, n_images=n, size=size, seed=seed)
     typer.echo(f"wrote {n} images and their captions and questions to {path}")
+
+
+@app.command(
+    "cache",
+    help="List what mmcli keeps under its cache folder ($MMCLI_CACHE, else ~/.cache/mmcli): feature caches "
+    "(--feature-cache: one per dataset and backbone state, so every --init or retrained backbone adds one), "
+    "image caches (--image-cache) and the shapes set's images; with --remove or --unused-days, delete some. "
+    "A removed cache is built again by the next run that asks for it. Folders that are not mmcli's are "
+    "listed and never removed. Do not remove a cache that a running command is building or reading.",
+    epilog="[b]Examples[/b]\n\n  mmcli data cache\n\n  mmcli data cache --remove 'features-*' --dry-run\n\n"
+    "  mmcli data cache --unused-days 30\n\n  mmcli data cache --remove '*'",
+)
+def cache(
+    remove: Annotated[list[str] | None, typer.Option(
+        "--remove", metavar="GLOB", show_default=False,
+        help="Remove the caches whose name matches this shell pattern ('features-*', '*' for all); "
+        "repeatable.")] = None,
+    unused_days: Annotated[float | None, typer.Option(
+        "--unused-days", min=0, metavar="DAYS", show_default=False,
+        help="Remove the caches no run has built or reused for DAYS days (with --remove: only those that "
+        "match).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+) -> None:
+    import time
+
+    from ..data import cachedir
+    from ..data.images import cache_root
+    from ..errors import UserError
+
+    root = cache_root()
+    entries = cachedir.list_caches(root)
+    if not remove and unused_days is None:
+        if as_json:
+            typer.echo(json.dumps({"root": str(root), "entries": [e.as_dict() for e in entries]}, indent=2))
+        else:
+            _print_caches(root, entries)
+        return
+    picked = cachedir.select(entries, remove or [], unused_days)
+    if remove and not any(cachedir.select(entries, [pattern], None) for pattern in remove):
+        raise UserError(f"no mmcli cache in {root} matches {', '.join(remove)} (mmcli data cache lists them)")
+    done = []
+    for e in picked:
+        if not dry_run:
+            try:
+                cachedir.remove(e)
+            except OSError as err:
+                raise UserError(f"{e.path}: cannot remove it ({err.strerror or err}); "
+                                f"removed {len(done)} before it") from None
+        done.append(e)
+        if not as_json:
+            typer.echo(f"{'would remove' if dry_run else 'removed'} {e.name} ({e.kind}, "
+                       f"{cachedir.human_size(e.bytes)}, used {cachedir.human_age(time.time() - e.used)})")
+    freed = sum(e.bytes for e in done)
+    if as_json:
+        typer.echo(json.dumps({"root": str(root), "dry_run": dry_run, "removed": [e.as_dict() for e in done],
+                               "bytes": freed}, indent=2))
+    else:
+        verb = "would free" if dry_run else "freed"
+        typer.echo(f"{len(done)} cache{'s' if len(done) != 1 else ''}, {verb} {cachedir.human_size(freed)}"
+                   + ("" if done or unused_days is None else f" (none unused for {unused_days:g} days)"))
+
+
+def _print_caches(root, entries) -> None:
+    import time
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..data.cachedir import human_age, human_size
+
+    console = Console()
+    if not entries:
+        console.print(f"no caches in {root}")
+        return
+    # the names in full (they are what --remove matches): last, folded onto more lines when narrow
+    table = Table(box=box.SIMPLE_HEAD, title=str(root), title_justify="left", pad_edge=False)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("images", justify="right", no_wrap=True)
+    table.add_column("built or used", no_wrap=True)
+    table.add_column("name", overflow="fold")
+    now = time.time()
+    for e in entries:
+        state = str(e.images) if e.complete else "half-built"
+        if e.kind == "other":
+            state = "not mmcli's"
+        table.add_row(human_size(e.bytes), state, human_age(now - e.used), e.name)
+    console.print(table)
+    console.print(f"{len(entries)} entries, {human_size(sum(e.bytes for e in entries))}; "
+                  "remove some with --remove GLOB or --unused-days DAYS")
 
 
 def _print_stats(report: dict) -> None:

@@ -105,7 +105,7 @@ ImageCacheOpt = Annotated[bool, typer.Option(
     "--image-cache/--no-image-cache",
     help="Decode every train/val/test image once into one memory-mapped cache (square, at the eval transform's "
     "resize side, e.g. 134 px for 128 px images) under $MMCLI_CACHE (else ~/.cache/mmcli); later runs on the "
-    "same data and image size reuse it, changed files rebuild it.")]
+    "same data and image size reuse it, changed files rebuild it; `mmcli data cache` lists and removes caches.")]
 FreezeBackbone = Annotated[bool, typer.Option(
     "--freeze-backbone/--no-freeze-backbone",
     help="Keep the backbone's weights as they start (from --init, --model backbone_weights=FILE, or random); "
@@ -114,7 +114,8 @@ FeatureCacheOpt = Annotated[bool, typer.Option(
     "--feature-cache/--no-feature-cache",
     help="With --freeze-backbone: run the backbone once over every train/val/test image (eval transform) and "
     "store its features under $MMCLI_CACHE; training reads them instead of images, and later runs with the "
-    "same backbone weights reuse them. Not with --augment light.")]
+    "same backbone weights reuse them (each backbone state adds a cache: `mmcli data cache` lists and removes "
+    "them). Not with --augment light.")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile/--no-compile",
     help="torch.compile the image tower and the Transformer blocks for the training steps (validation runs "

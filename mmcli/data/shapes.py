@@ -360,6 +360,10 @@ def load_shapes(n_images: int = 2000, size: int = 64, seed: int = 0, cache_dir: 
         except OSError as e:
             raise UserError(f"shapes: cannot write the image cache {folder}: {e.strerror or e} "
                             "(set $MMCLI_CACHE to a writable folder)") from None
+    else:
+        from .cachedir import touch
+
+        touch(folder)  # last used now (`mmcli data cache --unused-days`)
     items = [make_item(seed, i) for i in range(n_images)]
     splits: dict[str, Split] = {name: Split() for name in dict.fromkeys(SPLITS)}
     for it in items:
