@@ -96,9 +96,10 @@ def cache(
         else:
             _print_caches(root, entries)
         return
-    picked = cachedir.select(entries, remove or [], unused_days)
-    if remove and not any(cachedir.select(entries, [pattern], None) for pattern in remove):
+    matched = cachedir.select(entries, remove or [], None)
+    if remove and not matched:
         raise UserError(f"no mmcli cache in {root} matches {', '.join(remove)} (mmcli data cache lists them)")
+    picked = cachedir.select(matched, [], unused_days)
     done = []
     for e in picked:
         if not dry_run:
@@ -142,9 +143,7 @@ def _print_caches(root, entries) -> None:
     table.add_column("name", overflow="fold")
     now = time.time()
     for e in entries:
-        state = str(e.images) if e.complete else "half-built"
-        if e.kind == "other":
-            state = "not mmcli's"
+        state = "not mmcli's" if e.kind == "other" else str(e.images) if e.complete else "half-built"
         table.add_row(human_size(e.bytes), state, human_age(now - e.used), e.name)
     console.print(table)
     console.print(f"{len(entries)} entries, {human_size(sum(e.bytes for e in entries))}; "

@@ -21,11 +21,14 @@ import fnmatch
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-KINDS = {"features-": ("features", "index.json"), "images-": ("images", "index.json"),
+from .images import FileRowsCache
+
+KINDS = {"features-": ("features", FileRowsCache.INDEX), "images-": ("images", FileRowsCache.INDEX),
          "shapes-": ("shapes", "manifest.json")}  # name prefix -> (kind, the file a complete entry has)
 
 
@@ -84,7 +87,7 @@ def _size(path: Path) -> int:
             st = p.lstat()
         except OSError:
             continue
-        if not p.is_dir():
+        if not stat.S_ISDIR(st.st_mode):
             total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
     return total
 
