@@ -13,9 +13,14 @@ from conftest import REPO, write
 EX = REPO / "examples"
 
 
-def test_help_lists_score_and_version(run_cli):
+def test_help_lists_every_command_and_a_first_run(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run_cli("--help")
-    assert code == 0 and "score" in out
+    assert code == 0
+    listed = [line.split()[1] for line in out.splitlines() if line.startswith("│ ") and len(line.split()) > 2]
+    assert [c for c in listed if not c.startswith("-")] == [
+        "pretrain", "finetune", "caption", "vqa", "retrieve", "score", "data"]
+    assert "mmcli finetune --task vqa --out runs/easyvqa" in out and "--model runs/easyvqa" in out
     code, out, _ = run_cli("--version")
     assert code == 0 and out.startswith("mmcli ")
     code, out, _ = run_cli("score", "--help")
