@@ -106,6 +106,9 @@ REFS = json.dumps({"1": ["a dog runs", "the dog runs"], "2": ["a cat sleeps"]})
         (json.dumps({"1": "a dog", "2": "a cat"}), json.dumps({"images": [], "annotations": []}), "contains no captions"),
         (json.dumps({"1": "a dog", "2": "a cat"}), json.dumps([1, 2]), "expected an object"),
         ("", REFS, "file is empty"),
+        # a Karpathy file without the test split: its split names, control characters escaped
+        (json.dumps({"1": "a dog"}), json.dumps({"images": [{"cocoid": 1, "split": "tr\nain\x1b[31m", "sentences": []}]}),
+         "(splits present: 'tr\\nain\\x1b[31m')"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path, preds_text, refs_text, expect):

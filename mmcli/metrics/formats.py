@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, examples
 from .jsonio import located_items, parse_id, read_json_or_jsonl, show_id
 
 FORMATS = ("auto", "coco-results", "coco", "mapping", "jsonl", "karpathy")
@@ -143,7 +143,7 @@ def _from_karpathy(path, data: dict, split: str) -> Captions:
         where = f"images entry {no}"
         if not isinstance(img, dict) or not isinstance(img.get("sentences"), list):
             raise UserError(f"{path}: {where}: expected an object with a 'sentences' list")
-        splits.add(str(img.get("split")))
+        splits.add(str(img.get("split"))[:40])
         if img.get("split") != split:
             continue
         iid = img.get("cocoid", img.get("filename"))
@@ -160,5 +160,6 @@ def _from_karpathy(path, data: dict, split: str) -> Captions:
                 raise UserError(f"{path}: {where}: each sentence needs 'raw' (or a 'tokens' list of strings)")
         out[parse_id(iid, path, where, "image id")] = caps
     if not out:
-        raise UserError(f"{path}: no images in split {split!r} (splits present: {', '.join(sorted(splits))})")
+        # (the split names are the file's: repr escapes any control character in them)
+        raise UserError(f"{path}: no images in split {split!r} (splits present: {examples(sorted(splits), 8)})")
     return out
