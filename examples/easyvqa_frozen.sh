@@ -11,6 +11,9 @@
 #    --feature-cache`: the backbone runs once over the 5,000 images), the easy-VQA defaults
 #    (850 steps of 16 images); its model and tokenizer are the init run's.
 # 3. The same fine-tuning with the backbone trained: the full model it is compared with.
+# 4. and 5. The same two at batch 32 for half the steps (the same images seen), the frozen one at twice
+#    the learning rate: a frozen, cached step costs little more with twice the images (the question's
+#    text layer, most of it, sees about as many distinct questions).
 #
 # The numbers, with the date and the machine, are in RESULTS.md ("easy-VQA").
 set -euo pipefail
@@ -24,3 +27,7 @@ fi
 mmcli finetune --task vqa --init "$PRETRAIN_RUN" --freeze-backbone --feature-cache --seed "$SEED" \
   --out "runs/easyvqa-frozen-pt-s$SEED"
 mmcli finetune --task vqa --init "$PRETRAIN_RUN" --seed "$SEED" --out "runs/easyvqa-full-pt-s$SEED"
+mmcli finetune --task vqa --init "$PRETRAIN_RUN" --freeze-backbone --feature-cache --seed "$SEED" \
+  --batch-size 32 --max-steps 425 --eval-every 425 --lr 6e-4 --out "runs/easyvqa-frozen-b32-s$SEED"
+mmcli finetune --task vqa --init "$PRETRAIN_RUN" --seed "$SEED" --batch-size 32 --max-steps 425 --eval-every 425 \
+  --out "runs/easyvqa-full-b32-s$SEED"
