@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--compare-absorbed", type=int, default=0, metavar="ROUNDS",
                     help="Greedy: time the folded cross-attention (see above) against mmcli's, ROUNDS pairs.")
     a = ap.parse_args()
+    if a.compare_absorbed and a.beam != 1:
+        ap.error("--compare-absorbed times greedy decoding: leave --beam out")
 
     import peer_hf
     from mmcli.model.generate import beam_search, greedy
@@ -146,6 +148,7 @@ def compare_absorbed(model, run, rounds: int, precision: str) -> None:
             if e.key in ops:
                 print(f"{'folded' if f else 'cached'}: {e.key} {e.self_cpu_time_total / 1e3:.1f} ms in {e.count} "
                       f"calls, of {total:.1f} ms profiled")
+
 
 if __name__ == "__main__":
     main()

@@ -59,15 +59,15 @@ def _root(
     """mmcli: a compact, offline-first vision-language toolkit."""
 
 
-# The table of contents: one line per command, in the order of a workflow.
-app.add_typer(_data.app, name="data", short_help="Look at a dataset (counts, answers, blind baselines), write the "
-              "synthetic one, or list and clear mmcli's caches.")
+# The table of contents: one line per command, listed by `mmcli --help` in this order (train, run, score; the data group).
 app.command("pretrain", help=_pretrain.HELP, epilog=_pretrain.EPILOG, short_help=_pretrain.SHORT)(_pretrain.pretrain)
 app.command("finetune", help=_finetune.HELP, epilog=_finetune.EPILOG, short_help=_finetune.SHORT)(_finetune.finetune)
 app.command("caption", help=_infer.CAPTION_HELP, epilog=_infer.CAPTION_EPILOG, short_help=_infer.CAPTION_SHORT)(_infer.caption)
 app.command("vqa", help=_infer.VQA_HELP, epilog=_infer.VQA_EPILOG, short_help=_infer.VQA_SHORT)(_infer.vqa)
 app.command("retrieve", help=_retrieve.HELP, epilog=_retrieve.EPILOG, short_help=_retrieve.SHORT)(_retrieve.retrieve)
 app.command("score", help=_score.HELP, epilog=_score.EPILOG, short_help=_score.SHORT)(_score.score)
+app.add_typer(_data.app, name="data", short_help="Look at a dataset (counts, answers, blind baselines), write the "
+              "synthetic one, or list and clear mmcli's caches.")
 
 
 def _fail(message: str, code: int = 2) -> int:
