@@ -518,6 +518,7 @@ def test_dataset_readers_on_random_bytes(content, suffix):
 @given(json_file())
 @example((json.dumps({"questions": [{"question_id": 1, "image_id": "1" * 5000, "question": "q"}]}).encode(), ".json"))
 @example((json.dumps({"data_subtype": "x/../..", "questions": [{"question_id": 1, "image_id": 3, "question": "q"}]}).encode(), ".json"))
+@example((json.dumps({"data_subtype": "val\x12\x1b[31m", "questions": [{"question_id": 1, "image_id": 3, "question": "q"}]}).encode(), ".json"))
 @example((json.dumps({"images": [{"id": "a\nb", "file_name": "a.jpg"}, {"id": "a\nb", "file_name": "b.png"}]}).encode(), ".json"))
 def test_dataset_readers_on_random_json(file):
     path = _write(*file)

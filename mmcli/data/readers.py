@@ -342,8 +342,9 @@ def read_vqa2(questions: str | os.PathLike, annotations: str | os.PathLike | Non
     if not rows:
         raise UserError(f"{name}: contains no questions")
     subtype = data.get("data_subtype") if isinstance(data.get("data_subtype"), str) else None
-    if subtype is not None and any(c in subtype for c in "/\\\0"):
-        # it becomes part of a file name: "val2014/../.." would look outside the folder
+    if subtype is not None and (any(c in subtype for c in "/\\") or not subtype.isprintable()):
+        # it becomes part of a file name: "val2014/../.." would look outside the folder, and a control
+        # character would end up in the error that names the file it was looking for
         raise UserError(f"{name}: data_subtype must be a plain name like 'val2014', got {_show(subtype)}")
     pattern = _coco_file_pattern(root, images, [r[2] for r in rows], subtype)
     answers = _vqa_answers(annotations) if annotations else None
