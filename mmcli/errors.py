@@ -15,7 +15,7 @@ class UserError(Exception):
     """
 
 
-def examples(ids: list, k: int = 3) -> str:
-    """The first ``k`` of ``ids`` for an error message: ``'a', 'b', 'c' and 4 more``."""
-    shown = ", ".join(repr(i) for i in ids[:k])
+def examples(ids: list, k: int = 3, show=repr) -> str:
+    """The first ``k`` of ``ids`` for an error message, each through ``show``: ``'a', 'b', 'c' and 4 more``."""
+    shown = ", ".join(show(i) for i in ids[:k])
     return shown + (f" and {len(ids) - k} more" if len(ids) > k else "")

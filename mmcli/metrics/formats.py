@@ -160,6 +160,7 @@ def _from_karpathy(path, data: dict, split: str) -> Captions:
                 raise UserError(f"{path}: {where}: each sentence needs 'raw' (or a 'tokens' list of strings)")
         out[parse_id(iid, path, where, "image id")] = caps
     if not out:
-        # (the split names are the file's: repr escapes any control character in them)
-        raise UserError(f"{path}: no images in split {split!r} (splits present: {examples(sorted(splits), 8)})")
+        # (the split names are the file's: show_id escapes any control character in them)
+        raise UserError(f"{path}: no images in split {split!r} "
+                        f"(splits present: {examples(sorted(splits), 8, show_id)})")
     return out
