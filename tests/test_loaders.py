@@ -128,3 +128,32 @@ def test_grouped_captions_collate_shares_each_image(data):
     assert b.text_ids == pairs.text_ids and torch.equal(b.text, pairs.text)  # the pairs' caption rows
     one = CaptionImageDataset(split.captions, ds.images, tok, max_captions=1)
     assert one.n_captions == 5 and [t["text_id"] for t in one[0]["texts"]] == ["i0#0"]
+
+
+def test_question_rows_are_made_once_per_distinct_text_and_answers(data):
+    """Ids and targets come out as made afresh for every question; a repeated text or answer list gets
+    the row made the first time; with nothing to be kept, every question is made again."""
+    from mmcli.data.loaders import QuestionRows, VQAImageDataset
+
+    split, tok = data
+    qs = split.questions[:4]
+    extra = [VQARecord(f"x{i}", q.image_id, q.image, q.question, q.answers, "color") for i, q in enumerate(qs)]
+    answers = AnswerVocab.build(q.answers for q in qs)
+    ds = VQAImageDataset(qs + extra, ImageSource(make_transform(CONFIG)), tok, answers, max_len=4)
+    b = collate([ds[i] for i in range(4)], pad_id=tok.pad_id)
+    for row, q in zip(range(b.text.shape[0]), [q for pair in zip(qs, extra) for q in pair]):
+        fresh = [tok.cls_id] + tok.encode(q.question)[:3]
+        assert b.text[row, : b.text_len[row]].tolist() == fresh
+        target = torch.zeros(len(answers.answers))
+        for idx, score in answers.soft_targets(q.answers).items():
+            target[idx] = score
+        assert torch.equal(b.targets[row], target)
+    item = ds[0]["texts"]
+    assert item[0]["text"] is item[1]["text"] and item[0]["target"] is item[1]["target"]  # made once
+    assert len(ds.rows._ids) == 1 and len(ds.rows._targets) == 4  # one question text, four answer lists
+    none = QuestionRows(tok, answers, max_len=4)
+    none.MAX_TEXTS = none.MAX_BYTES = 0
+    assert none.ids(qs[0].question) == ds.rows.ids(qs[0].question) and not none._ids and not none._targets
+    assert torch.equal(none.target(qs[0].answers), ds.rows.target(qs[0].answers)) and not none._targets
+    with pytest.raises(TypeError, match="expected a list of answers"):
+        ds.rows.target("red")

@@ -146,17 +146,52 @@ class VQADataset(_Base):
     def __init__(self, questions: Sequence[VQARecord], images: ImageSource, tokenizer, answer_vocab, max_len: int = 32):
         super().__init__(questions, images)
         self.tokenizer, self.answer_vocab, self.max_len = tokenizer, answer_vocab, max_len
+        self.rows = QuestionRows(tokenizer, answer_vocab, max_len)
 
     def __getitem__(self, i: int):
         q = self.records[i]
         img = self._image(q.image)
         if isinstance(img, Skipped):
             return img
-        ids = [self.tokenizer.cls_id] + self.tokenizer.encode(q.question)[: self.max_len - 1]
-        target = torch.zeros(len(self.answer_vocab.answers))
-        for idx, score in self.answer_vocab.soft_targets(q.answers).items():
-            target[idx] = score
-        return {"image": img, "image_id": q.image_id, "text": ids, "text_id": q.question_id, "target": target, "answers": q.answers}
+        return {"image": img, "image_id": q.image_id, "text": self.rows.ids(q.question), "text_id": q.question_id,
+                "target": self.rows.target(q.answers), "answers": q.answers}
+
+
+class QuestionRows:
+    """A question's token ids (``cls question``, cut to ``max_len``) and its soft answer target, each
+    made once per distinct question text and answer list and shared after that (read-only: ``collate``
+    copies them into the batch). VQA data repeats both: easy-VQA's training questions are 107 texts,
+    and tokenizing and filling targets again for every question took most of the time of building a
+    batch from cached features (``python benchmarks/bench_loader.py --vqa``). At most ``MAX_BYTES`` of
+    targets and ``MAX_TEXTS`` texts are kept; beyond that they are made each time, as before."""
+
+    MAX_TEXTS = 1 << 18
+    MAX_BYTES = 64 << 20
+
+    def __init__(self, tokenizer, answer_vocab, max_len: int):
+        self.tokenizer, self.answer_vocab, self.max_len = tokenizer, answer_vocab, max_len
+        self.n = len(answer_vocab.answers)
+        self._ids: dict[str, tuple[int, ...]] = {}
+        self._targets: dict[tuple, torch.Tensor] = {}
+
+    def ids(self, question: str) -> tuple[int, ...]:
+        ids = self._ids.get(question)
+        if ids is None:
+            ids = (self.tokenizer.cls_id, *self.tokenizer.encode(question)[: self.max_len - 1])
+            if len(self._ids) < self.MAX_TEXTS:
+                self._ids[question] = ids
+        return ids
+
+    def target(self, answers) -> torch.Tensor:
+        key = tuple(answers) if not isinstance(answers, str) else answers  # (a string: soft_targets refuses it)
+        target = self._targets.get(key)
+        if target is None:
+            target = torch.zeros(self.n)
+            for idx, score in self.answer_vocab.soft_targets(answers).items():
+                target[idx] = score
+            if (len(self._targets) + 1) * 4 * max(self.n, 1) <= self.MAX_BYTES:
+                self._targets[key] = target
+        return target
 
 
 class VQAImageDataset(_Base):
@@ -174,20 +209,16 @@ class VQAImageDataset(_Base):
         super().__init__([g[:max_questions] for g in groups.values()], images)
         self.tokenizer, self.answer_vocab, self.max_len = tokenizer, answer_vocab, max_len
         self.n_questions = sum(len(g) for g in self.records)
+        self.rows = QuestionRows(tokenizer, answer_vocab, max_len)
 
     def __getitem__(self, i: int):
         qs = self.records[i]
         img = self._image(qs[0].image)
         if isinstance(img, Skipped):
             return img
-        n = len(self.answer_vocab.answers)
-        questions = []
-        for q in qs:
-            ids = [self.tokenizer.cls_id] + self.tokenizer.encode(q.question)[: self.max_len - 1]
-            target = torch.zeros(n)
-            for idx, score in self.answer_vocab.soft_targets(q.answers).items():
-                target[idx] = score
-            questions.append({"text": ids, "text_id": q.question_id, "target": target, "answers": q.answers})
+        rows = self.rows
+        questions = [{"text": rows.ids(q.question), "text_id": q.question_id, "target": rows.target(q.answers),
+                      "answers": q.answers} for q in qs]
         return {"image": img, "image_id": qs[0].image_id, "texts": questions}
 
 
