@@ -9,6 +9,15 @@ images from an ImageCache (memory-mapped uint8, built once before the rounds; it
 build time is reported separately). Rounds alternate which goes first; the
 report gives medians and the median of per-round ratios, and the CPU time other
 processes used during each round.
+
+    python benchmarks/bench_loader.py --vqa --rounds 5
+
+``--vqa`` times the training batches of the easy-VQA default instead (grouped: 32 images, each with
+all its questions), built as ``mmcli finetune --task vqa`` builds them (in the training process,
+with the trainer's own dataset and loader), from the image files and from the frozen backbone's
+feature cache (built first when missing), each with the questions' token ids and answer targets made
+once per distinct text (:class:`mmcli.data.loaders.QuestionRows`) and made again for every question
+(as before it), interleaved.
 """
 
 from __future__ import annotations
@@ -81,7 +90,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--augment", choices=("none", "light"), default="none",
                     help="light: the training transform of --augment light (random-resized crop and flip)")
+    ap.add_argument("--vqa", action="store_true", help="easy-VQA's training batches instead (see above)")
     args = ap.parse_args()
+    if args.vqa:
+        return vqa_main(args)
 
     import torch
 
@@ -119,6 +131,52 @@ def main() -> None:
     print(f"\ncache / files: {ratio:.1f}x (median of per-round ratios); cache build: {build_s:.1f} s "
           f"({len(records) / build_s:.0f} img/s, once)")
     print(f"CPU seconds used by other processes in each round: {', '.join(f'{x:.2f}' for x in others)}")
+
+
+def vqa_main(args) -> None:
+    import torch
+
+    from mmcli import train
+    from mmcli.data.loaders import QuestionRows
+    from mmcli.device import resolve_precision
+
+    device = torch.device("cpu")
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for source in ("image files", "feature cache"):
+            frozen = source == "feature cache"
+            cfg = train.TrainConfig(task="vqa", data="easyvqa", out=str(Path(tmp) / source), preset="small",
+                                    fusion="late", model={"drop_stages": 2, "text_layers": 1, "image_size": 64},
+                                    batch_size=args.batch_size, freeze_backbone=frozen, feature_cache=frozen)
+            s = train._build(cfg, train._Opened(), device, resolve_precision(cfg.precision, device))
+            ds = s.train_set
+            off = QuestionRows(ds.tokenizer, ds.answer_vocab, ds.max_len)
+            off.MAX_TEXTS = off.MAX_BYTES = 0  # nothing kept: every question tokenized, every target filled
+            sessions[source] = (cfg, s, {"made once": ds.rows, "every question": off})
+        n = 40
+        times: dict[tuple[str, str], list[float]] = {}
+        for r in range(args.rounds + 1):  # the first round warms up (and fills the kept rows)
+            for source, (cfg, s, variants) in sessions.items():
+                order = train._epoch_batches(len(s.train_set), cfg, r, s.steps_per_epoch)[:n]
+                names = list(variants) if r % 2 == 0 else list(variants)[::-1]
+                for name in names:
+                    s.train_set.rows = variants[name]
+                    t = time.perf_counter()
+                    for _ in train._loader(s, order, cfg, r):
+                        pass
+                    if r:
+                        times.setdefault((source, name), []).append(1e3 * (time.perf_counter() - t) / n)
+            print(f"round {r + 1}/{args.rounds + 1}{' (warm-up)' if not r else ''}", file=sys.stderr)
+    print(f"\neasy-VQA training batches of {args.batch_size} images with all their questions, built in the "
+          f"training process; {args.rounds} rounds of {n} batches after 1, {torch.get_num_threads()} threads")
+    print("| images from | questions made again for every question | made once per distinct text | speed-up |")
+    print("|---|---|---|---|")
+    for source in sessions:
+        every, once = times[source, "every question"], times[source, "made once"]
+        ratio = statistics.median(a / b for a, b in zip(every, once))
+        print(f"| {source} | {statistics.median(every):.1f} ms a batch | {statistics.median(once):.1f} ms | "
+              f"{ratio:.2f}x ({min(a / b for a, b in zip(every, once)):.2f}-"
+              f"{max(a / b for a, b in zip(every, once)):.2f}) |")
 
 
 if __name__ == "__main__":
