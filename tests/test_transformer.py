@@ -319,3 +319,27 @@ def test_grouped_cross_attention_cache_equals_one_copy_per_row():
         grouped.select(keep), copied.select(keep)
         assert grouped.k.shape[0] == 1
         torch.testing.assert_close(attn(x[3:], cache=grouped), attn(x[3:], cache=copied))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_attention_pool_equals_the_attention_layer(rows):
+    """Attention.pool (the key and value weights folded into the query and the output) gives the
+    attention layer's output and the same gradients, for one query shared by every context row or
+    one query per row; recording attention weights takes the layer's own path."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4, cross=True)
+    nn.init.normal_(attn.kv.bias)  # (a key bias must not change the pooling: the softmax ignores it)
+    query = torch.randn(rows, 1, 32, requires_grad=True)
+    context = torch.randn(3, 7, 32, requires_grad=True)
+    params = [query, context, attn.q.weight, attn.q.bias, attn.kv.weight, attn.kv.bias, attn.proj.weight]
+    plain = attn(query.expand(3, -1, -1), context=context)[:, 0]
+    folded = attn.pool(query, context)
+    assert folded.shape == (3, 32) and torch.allclose(folded, plain, atol=1e-5)
+    for g_plain, g_folded in zip(torch.autograd.grad(plain.square().sum(), params),
+                                 torch.autograd.grad(folded.square().sum(), params)):
+        assert torch.allclose(g_folded, g_plain, atol=1e-5)
+    attn.record = []
+    try:
+        assert torch.allclose(attn.pool(query, context), plain, atol=1e-6) and attn.record[0].shape == (3, 4, 1, 7)
+    finally:
+        attn.record = None

@@ -323,6 +323,32 @@ class Attention(nn.Module):
         return self.dropout(self.proj(out))
 
 
+    def pool(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """One query (1 or B, 1, D) over each row of a (B, N, D) context -> (B, D): ``self(query,
+        context=context)[:, 0]`` without projecting the N keys and values.
+
+        Each head's score of token j is q_h . (Wk_h x_j + bk_h) = (Wk_h^T q_h) . x_j plus a term that is
+        the same for every j, which the softmax ignores; and sum_j p_j (Wv_h x_j + bv_h) = Wv_h (sum_j
+        p_j x_j) + bv_h. So the query goes into the context's space once, the context is averaged once
+        per head, and the value weights apply to that average: a D-wide product per image instead of
+        the (B N, D) x (D, 2D) projection and its gradient (an attention pool over image tokens:
+        ``python benchmarks/bench_vqa_step.py --compare pool``)."""
+        if self.record is not None or not self.cross:  # (recording wants the plain path's weights)
+            return self(query.expand(context.shape[0], -1, -1), context=context)[:, 0]
+        b, n, d = context.shape
+        h = self.heads
+        dh = d // h
+        w = self.kv.weight
+        q = self.q(query).reshape(-1, h, dh) * dh**-0.5  # (1 or B, H, Dh)
+        u = torch.einsum("bhe,hed->bhd", q, w[:d].view(h, dh, d))  # each head's query in the context's space
+        p = torch.matmul(u, context.transpose(1, 2)).softmax(-1, dtype=torch.float32)  # (B, H, N)
+        pooled = torch.matmul(p.to(context.dtype), context)  # (B, H, D): the context averaged per head
+        out = torch.einsum("bhd,hed->bhe", pooled, w[d:].view(h, dh, d)).reshape(b, d)
+        if self.kv.bias is not None:
+            out = out + self.kv.bias[d:]
+        return self.dropout(self.proj(out))
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int | None = None, dropout: float = 0.0):
         super().__init__()

@@ -135,8 +135,7 @@ class VLM(nn.Module):
     def image_embedding(self, img: torch.Tensor) -> torch.Tensor:
         """Image tokens (B, N, D) -> one pooled vector (B, D)."""
         if self.cfg.image_pool == "attn":
-            q = self.pool_query.expand(img.shape[0], -1, -1)  # (B, 1, D)
-            pooled = self.pool_attn(q, context=img)[:, 0]
+            pooled = self.pool_attn.pool(self.pool_query, img)  # (B, D)
         else:
             pooled = img.mean(dim=1)
         return self.image_norm(pooled)
