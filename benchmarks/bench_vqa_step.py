@@ -19,6 +19,13 @@ whole words, about 7 tokens a question) and once with SentencePiece's unigram mo
 trainer used before: letters and fragments, about 14 tokens), and each round's batch holds the
 same questions and images for all of them.
 
+    python benchmarks/bench_vqa_step.py --rounds 20 --compare pool
+
+compares the image's attention pool (late fusion pools the image tokens with one learned query):
+"projected" runs it as the attention layer it is, projecting every image token's key and value;
+"folded" is :meth:`Attention.pool`, the key and value weights folded into the query and the output,
+as mmcli now runs it (both with the repeated questions shared).
+
     python benchmarks/bench_vqa_step.py --profile
 
 profiles 10 steps of each session (``auto`` tokenizer, questions shared) after the timed rounds:
@@ -70,13 +77,22 @@ def step(cfg, s, batch) -> float:
     return time.perf_counter() - t
 
 
+def set_pool(attn, folded: bool) -> None:
+    """The attention pool as mmcli runs it (``Attention.pool``, folded) or as the attention layer it is."""
+    if folded:
+        attn.__dict__.pop("pool", None)
+    else:
+        attn.pool = lambda query, context: attn(query.expand(context.shape[0], -1, -1), context=context)[:, 0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    ap.add_argument("--compare", default="sharing", choices=("sharing", "tokenizer"),
-                    help="sharing: repeated questions once or every question; tokenizer: auto against unigram")
+    ap.add_argument("--compare", default="sharing", choices=("sharing", "tokenizer", "pool"),
+                    help="sharing: repeated questions once or every question; tokenizer: auto against unigram; "
+                    "pool: the image's attention pool folded or projecting every token")
     ap.add_argument("--profile", action="store_true",
                     help="also profile 10 more steps of each session (ops by input shape)")
     a = ap.parse_args()
@@ -90,7 +106,7 @@ def main() -> None:
         n_batches = a.warmup + a.rounds + (10 if a.profile else 0)
         order = train._epoch_batches(len(s0.train_set), cfg0, 0, s0.steps_per_epoch)[:n_batches]
         loaders = {key: iter(train._loader(s, order, cfg, 0)) for key, (cfg, s) in sessions.items()}
-        shares = (True, False) if a.compare == "sharing" else (True,)
+        shares = (True, False) if a.compare in ("sharing", "pool") else (True,)  # (pool: True = folded)
         times: dict[tuple, list[float]] = {}
         questions = {tok: [] for tok in tokenizers}
         for r in range(a.warmup + a.rounds):
@@ -98,7 +114,9 @@ def main() -> None:
             variants = [(key, shared) for key in sessions for shared in shares]
             for key, shared in variants if r % 2 == 0 else variants[::-1]:
                 cfg, s = sessions[key]
-                if shared:
+                if a.compare == "pool":
+                    set_pool(s.model.pool_attn, folded=shared)
+                elif shared:
                     s.model.__dict__.pop("distinct_texts", None)  # the method: repeated questions once
                 else:
                     s.model.distinct_texts = lambda ids, lengths: None  # every question
@@ -133,7 +151,11 @@ def main() -> None:
     ratio = lambda slow, fast: (statistics.median(x / y for x, y in zip(slow, fast)),  # noqa: E731
                                 min(x / y for x, y in zip(slow, fast)), max(x / y for x, y in zip(slow, fast)))
     for kind in ("full", "frozen + cached"):
-        if a.compare == "sharing":
+        if a.compare == "pool":
+            folded, projected = times[kind, "auto", True], times[kind, "auto", False]
+            print(f"{kind:16s} projected {1000 * statistics.median(projected):7.1f} ms   folded "
+                  f"{1000 * statistics.median(folded):7.1f} ms   speed-up %.2fx (%.2f-%.2f)" % ratio(projected, folded))
+        elif a.compare == "sharing":
             shared, every = times[kind, "auto", True], times[kind, "auto", False]
             print(f"{kind:16s} every text {1000 * statistics.median(every):7.1f} ms   shared "
                   f"{1000 * statistics.median(shared):7.1f} ms   speed-up %.2fx (%.2f-%.2f)" % ratio(every, shared))
