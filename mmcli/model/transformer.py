@@ -322,7 +322,6 @@ class Attention(nn.Module):
         out = out.transpose(-3, -2).reshape(b, t, d)  # (B, T, D): heads side by side again
         return self.dropout(self.proj(out))
 
-
     def pool(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """One query (1 or B, 1, D) over each row of a (B, N, D) context -> (B, D): ``self(query,
         context=context)[:, 0]`` without projecting the N keys and values.
@@ -333,9 +332,11 @@ class Attention(nn.Module):
         per head, and the value weights apply to that average: a D-wide product per image instead of
         the (B N, D) x (D, 2D) projection and its gradient (an attention pool over image tokens:
         ``python benchmarks/bench_vqa_step.py --compare pool``)."""
-        if self.record is not None or not self.cross:  # (recording wants the plain path's weights)
+        if not self.cross:
+            raise ValueError("pool is an attention over a context: it needs a cross-attention layer")
+        if self.record is not None:  # (recording wants the plain path's weights)
             return self(query.expand(context.shape[0], -1, -1), context=context)[:, 0]
-        b, n, d = context.shape
+        b, _, d = context.shape
         h = self.heads
         dh = d // h
         w = self.kv.weight
