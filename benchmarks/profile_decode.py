@@ -15,8 +15,10 @@ torch.profiler's most expensive ops.
 not kept: the key and value projections folded into the query and the output side
 (q Wk_h . x_j instead of q . (Wk_h x_j), and sum_j p_j (Wv_h x_j) = Wv_h sum_j p_j x_j), so that every
 layer reads the one encoded image (B, 197, 256), 6.4 MB in fp32, instead of its own cached keys and
-values (13 MB a layer, 52 MB in all): no projections at ``start``, a quarter of the cached bytes. Both
-run in one process, alternating, and must emit the same tokens.
+values (13 MB a layer, 52 MB in all): no projections at ``start``, a quarter of the cached bytes. The
+fold is ``Attention.pool``'s (mmcli keeps it for the image's attention pool, one learned query);
+greedy decoding, one position a step, has one query per image too. Both run in one process,
+alternating, and must emit the same tokens.
 """
 
 from __future__ import annotations
@@ -90,22 +92,6 @@ def main() -> None:
                           max_name_column_width=40, max_shapes_column_width=80))
 
 
-def absorbed_cross_attention(attn, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """One cross-attention layer's output for queries x (B, t, D) over the encoded image (B, N, D),
-    its key and value projections folded into the query and output sides (the key bias adds the
-    same score to every image token, which the softmax ignores; the value bias passes through)."""
-    b, t, d = x.shape
-    h = attn.heads
-    dh = d // h
-    wk, wv = attn.kv.weight[:d].view(h, dh, d), attn.kv.weight[d:].view(h, dh, d)  # (H, Dh, D) each
-    q = attn.q(x).view(b, t, h, dh) * dh ** -0.5
-    qk = torch.einsum("bthe,hed->bhtd", q, wk).reshape(b, h * t, d)  # each head's query in image space
-    p = (qk @ image.transpose(1, 2)).softmax(-1, dtype=torch.float32).to(image.dtype)  # (B, H*t, N)
-    pooled = (p @ image).view(b, h, t, d)  # the attention-weighted image, per head
-    out = torch.einsum("bhtd,hed->bthe", pooled, wv).reshape(b, t, d) + attn.kv.bias[d:]
-    return attn.proj(out)
-
-
 def compare_absorbed(model, run, rounds: int, precision: str) -> None:
     """Greedy decoding with mmcli's cross-attention caches and with the folded form, interleaved."""
     from mmcli.model import transformer
@@ -120,7 +106,8 @@ def compare_absorbed(model, run, rounds: int, precision: str) -> None:
 
     def forward(attn, x, context=None, mask=None, is_causal=False, cache=None, context_index=None):
         if attn.cross and cache is not None and cache.k is not None and cache.v is None:
-            return absorbed_cross_attention(attn, x, cache.k)
+            # (greedy feeds one position a step: the one query per image that Attention.pool folds)
+            return attn.pool(x, cache.k).unsqueeze(1)
         return plain_forward(attn, x, context, mask, is_causal, cache, context_index)
 
     transformer.Attention.forward, transformer.Block.cache_context = forward, cache_context
