@@ -264,8 +264,11 @@ def as_mmcli_runs_it(a, model: torch.nn.Module, device) -> torch.nn.Module:
 
 
 def inference_copy(a, mm, dtype: torch.dtype, device) -> torch.nn.Module:
-    """What ``mmcli.load`` (caption, vqa, retrieve) makes of a model: see ``mmcli.api.Model.from_run``."""
-    return as_mmcli_runs_it(a, copy.deepcopy(mm).to(dtype).eval(), device)
+    """What ``mmcli.load`` (caption, vqa, retrieve) makes of a model: see ``mmcli.api.Model.from_run``
+    (``--no-fold``: decoding caches the image's keys and values, the ablation)."""
+    model = as_mmcli_runs_it(a, copy.deepcopy(mm).to(dtype).eval(), device)
+    model.fold_cross_attention = getattr(a, "fold", True)
+    return model
 
 
 def contenders(a, device, mm, hf, gen, b):
@@ -367,7 +370,8 @@ def _row(a, res: dict, phase: str, mm_times, hf_times) -> dict:
 def print_table(a, rows: list[dict], device) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     print(f"\n{name}, torch {torch.__version__}, {torch.get_num_threads()} threads, mmcli attention {a.attention}, "
-          f"{'oneDNN' if a.pack and device.type == 'cpu' else 'F.linear'} linear layers; "
+          f"{'oneDNN' if a.pack and device.type == 'cpu' else 'F.linear'} linear layers"
+          f"{'' if a.fold else ', decoding cross-attention not folded'}; "
           f"image {a.image_size}/{a.patch}, "
           f"width {a.dim}, {a.enc_layers}+{a.dec_layers} layers, {a.heads} heads, vocab {a.vocab}, "
           f"{a.text_len} tokens, batch {a.batch}; {a.rounds} rounds after {a.warmup} warm-up")
@@ -420,6 +424,9 @@ def main() -> None:
     ap.add_argument("--no-pack", dest="pack", action="store_false",
                     help="mmcli with F.linear instead of oneDNN's linear layers (an ablation; mmcli finetune and "
                          "mmcli.load swap them in on a CPU).")
+    ap.add_argument("--no-fold", dest="fold", action="store_false",
+                    help="mmcli's decoding with each layer's keys and values of the image cached, not the "
+                         "cross-attention folded onto the image (an ablation; VLM.fold_cross_attention).")
     ap.add_argument("--compile", action="store_true",
                     help="Also time mmcli's training step with its layers compiled (mmcli finetune --compile).")
     ap.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",

@@ -203,3 +203,24 @@ def test_a_used_packed_model_copies_pickles_and_runs_under_inference_mode(tmp_pa
 def _no_grad(fn, *args):
     with torch.no_grad():
         return fn(*args)
+
+
+def test_fp32_decoding_folds_the_cross_attention_to_the_same_captions():
+    """With packed layers in fp32, generation caches the image itself for the folded cross-attention
+    (VLM._cross_fold) and decodes what cached keys and values decode; bf16 keeps the keys and values."""
+    fast = model()
+    pack_linears(fast)
+    images = inputs()[0]
+    first = torch.full((3, 1), 1)
+    out = {}
+    with torch.no_grad():
+        for fold in (True, False):
+            fast.fold_cross_attention = fold
+            state = fast.start(images)
+            assert all((c.cross_attn.context is not None) == fold for c in state.fusion_cache)
+            out[fold] = (fast.step(first, state), generate.greedy(fast, images, 1, 2, 8, min_len=8))
+        torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-4, atol=1e-5)
+        assert out[True][1] == out[False][1]
+        fast.fold_cross_attention = True
+        fast.to(torch.bfloat16)
+        assert all(c.cross_attn.context is None for c in fast.start(images.bfloat16()).fusion_cache)

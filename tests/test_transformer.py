@@ -343,3 +343,53 @@ def test_attention_pool_equals_the_attention_layer(rows):
         assert torch.allclose(attn.pool(query, context), plain, atol=1e-6) and attn.record[0].shape == (3, 4, 1, 7)
     finally:
         attn.record = None
+
+
+def test_folded_cross_attention_equals_cached_keys_and_values():
+    """Decoding's folded cross-attention (the context cached itself: Attention.folded_layers) gives the
+    outputs and recorded weights of cached keys and values, with non-zero biases, for one position and
+    several; new weights are folded again; a context shared by layers stays shared when rows are
+    selected; grouped rows (beam search) get the keys and values after all."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4, cross=True).eval()
+    for bias in (attn.q.bias, attn.kv.bias, attn.proj.bias):
+        nn.init.normal_(bias)
+    context = torch.randn(3, 7, 32)
+    same = lambda m: m  # noqa: E731  (the folded layers as plain nn.Linear)
+
+    def caches():
+        plain, folded = LayerCache(), LayerCache()
+        attn.cache_context(context, plain)
+        attn.cache_context(context, folded, fold=same)
+        return plain, folded
+
+    with torch.no_grad():
+        for t in (1, 2):
+            x = torch.randn(3, t, 32)
+            plain, folded = caches()
+            assert folded.k is None and folded.context is context and plain.k is not None
+            torch.testing.assert_close(attn(x, cache=folded), attn(x, cache=plain))
+        attn.record = []
+        try:
+            attn(x, cache=folded), attn(x, cache=plain)
+            assert attn.record[0].shape == (3, 4, 2, 7)
+            torch.testing.assert_close(attn.record[0], attn.record[1])
+        finally:
+            attn.record = None
+        attn.kv.weight.mul_(1.5)  # in place: the folded layers are made again
+        attn.q.bias.add_(1.0)
+        plain, folded = caches()
+        torch.testing.assert_close(attn(x, cache=folded), attn(x, cache=plain))
+
+        layers = KVCache.for_layers(2)
+        for layer in layers:
+            attn.cache_context(context, layer.cross_attn, fold=same)
+        layers.select(torch.tensor([2, 0]))
+        shared = layers[0].cross_attn.context
+        assert shared is layers[1].cross_attn.context and torch.equal(shared, context[[2, 0]])
+
+        plain, folded = caches()
+        plain.group = folded.group = 2  # (two query rows per context row)
+        x = torch.randn(6, 1, 32)
+        torch.testing.assert_close(attn(x, cache=folded), attn(x, cache=plain))
+        assert folded.context is None and folded.k is not None

@@ -8,7 +8,9 @@ Pure PyTorch, no mmcli imports. Read it top to bottom:
    SDPA's flash backward is slow (benchmarks/profile_caption_step.py: a Flickr8k
    captioning step 1.09 -> 0.90 s), and "sdpa" everywhere else.
 2. The KV cache: ``LayerCache`` (one attention layer), ``BlockCache`` (the self-
-   and cross-attention of one block), ``KVCache`` (a whole stack of blocks).
+   and cross-attention of one block), ``KVCache`` (a whole stack of blocks). A
+   cross-attention cache holds the context's keys and values, or the context itself
+   for the folded form (``Attention.folded_layers``).
 3. ``Attention``, ``MLP`` and the pre-norm residual ``Block``.
 
 Shapes: B batch, T sequence length, D model width, H heads, Dh = D // H head
@@ -144,6 +146,9 @@ class LayerCache:
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
     group: int = 1
+    # a folded cross-attention (``Attention.cache_context(..., fold=...)``) keeps the context itself,
+    # (B / group, N, D), one tensor shared by the layers, instead of keys and values
+    context: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -159,17 +164,25 @@ class LayerCache:
         self.v = v.contiguous() if self.v is None else torch.cat([self.v, v], dim=2)  # (B, H, T + t, Dh)
         return self.k, self.v
 
-    def select(self, index: torch.Tensor) -> None:
+    def select(self, index: torch.Tensor, memo: dict | None = None) -> None:
         """Keep, reorder or repeat batch rows: row i becomes old row index[i]. A grouped cache moves
         whole groups only (beam search reorders beams within an image and drops finished images):
         it keeps the cached row of each group of ``index``, and copies nothing when that is every
-        row in order."""
-        if self.k is None:
+        row in order. ``memo``: a context shared by several layers is selected once per call of
+        :meth:`KVCache.select` (and stays shared)."""
+        cached = self.k if self.context is None else self.context
+        if cached is None:
             return
         if self.group > 1:
             index = index[:: self.group] // self.group  # (groups,): the old group of each new one
-            if index.numel() == self.k.shape[0] and bool((index == torch.arange(len(index), device=index.device)).all()):
+            if index.numel() == cached.shape[0] and bool((index == torch.arange(len(index), device=index.device)).all()):
                 return
+        if self.context is not None:
+            memo = {} if memo is None else memo
+            if id(self.context) not in memo:
+                memo[id(self.context)] = self.context.index_select(0, index)
+            self.context = memo[id(self.context)]
+            return
         self.k = self.k.index_select(0, index)
         self.v = self.v.index_select(0, index)
 
@@ -181,9 +194,9 @@ class BlockCache:
     self_attn: LayerCache = field(default_factory=LayerCache)
     cross_attn: LayerCache = field(default_factory=LayerCache)
 
-    def select(self, index: torch.Tensor) -> None:
+    def select(self, index: torch.Tensor, memo: dict | None = None) -> None:
         self.self_attn.select(index)
-        self.cross_attn.select(index)
+        self.cross_attn.select(index, memo)
 
     def expand(self, k: int) -> None:
         """Every row becomes k rows (beam search's start): the self-attention cache repeats its rows;
@@ -221,8 +234,9 @@ class KVCache:
     def select(self, index: torch.Tensor) -> None:
         """index_select every cached tensor along the batch dim (beam search reorders rows, or
         drops finished rows with it; greedy drops finished rows)."""
+        memo = {}  # (a folded cross-attention's context, shared by the layers, is selected once)
         for layer in self.layers:
-            layer.select(index)
+            layer.select(index, memo)
 
     def expand(self, k: int) -> None:
         """Every row becomes k consecutive rows (beam search: k beams per image); see BlockCache.expand."""
@@ -292,6 +306,14 @@ class Attention(nn.Module):
         """
         b, t, d = x.shape
         group = 1
+        if self.cross and cache is not None and cache.context is not None:
+            if cache.group == 1:
+                return self._folded_forward(x, cache)
+            # several query rows per image (beam search): the folded layers, 4x the products of the
+            # query and output projections for every row, cost more than the fold saves (0.9x measured,
+            # benchmarks/profile_decode.py --beam 3 --compare-fold): the keys and values after all
+            cache.k, cache.v = self.context_kv(cache.context, contiguous=True)
+            cache.context = None
         if self.cross:
             (q,) = self._split(self.q(x), 1)
             if cache is not None and cache.k is not None:
@@ -321,6 +343,64 @@ class Attention(nn.Module):
             out = out.reshape(b // group, h, group, t, dh).transpose(1, 2)  # (B / g, g, H, T, Dh): rows again
         out = out.transpose(-3, -2).reshape(b, t, d)  # (B, T, D): heads side by side again
         return self.dropout(self.proj(out))
+
+    def cache_context(self, context: torch.Tensor, cache: LayerCache, fold=None) -> None:
+        """Fill a cross-attention cache from a (B, Tk, D) context ahead of decoding: its keys and values,
+        contiguous, or with ``fold`` the context itself, shared (:meth:`folded_layers`; ``fold`` wraps
+        each folded ``nn.Linear``: mmcli's oneDNN ``PackedLinear``, or ``lambda m: m``)."""
+        if fold is None:
+            cache.k, cache.v = self.context_kv(context, contiguous=True)
+        else:
+            self.folded_layers(fold)
+            cache.context = context
+
+    def folded_layers(self, wrap) -> tuple[nn.Module, nn.Module]:
+        """The layer's projections with the key and value weights folded in, as :meth:`pool` folds them,
+        for any query: ``inward`` (D -> H D) takes a query row to each head's vector in the context's
+        space, s Wk_h^T (Wq_h x + bq_h) (s = Dh^-0.5; the score of token j is its dot product with
+        x_j, short of q_h . bk_h, the same for every j); ``outward`` (H D -> D) takes the context
+        averaged per head by the attention weights to the output, sum_h Wo_h Wv_h a_h + Wo bv + bo.
+
+        Decoding then reads one (B, N, D) context shared by every layer instead of each layer's keys and
+        values (2 N D a row and layer), and nothing is projected at the start. Made again only when the
+        weights change; kept with the layer, outside its parameters and state dict."""
+        params = (self.q.weight, self.q.bias, self.kv.weight, self.kv.bias, self.proj.weight, self.proj.bias)
+        key = (wrap, *((None if p is None else (p.data_ptr(), p.dtype, p.device, p._version)) for p in params))
+        if getattr(self, "_folded", None) is None or self._folded[0] != key:
+            w = self.q.weight
+            d, h = w.shape[1], self.heads
+            dh = d // h
+            with torch.inference_mode(False), torch.no_grad():  # (plain tensors: PackedLinear checks versions)
+                f = [None if p is None else p.detach().double() for p in params]
+                wq, bq, wkv, bkv, wo, bo = f
+                wk, wv = wkv[:d].view(h, dh, d), wkv[d:].view(h, dh, d)
+                w_in = torch.einsum("hed,hef->hdf", wk, wq.view(h, dh, d)).reshape(h * d, d) * dh**-0.5
+                b_in = None if bq is None else torch.einsum("hed,he->hd", wk, bq.view(h, dh)).reshape(h * d) * dh**-0.5
+                w_out = torch.einsum("ohe,hed->ohd", wo.view(d, h, dh), wv).reshape(d, h * d)
+                b_out = (wo @ bkv[d:] if bkv is not None else torch.zeros_like(wo[:, 0])) + (0 if bo is None else bo)
+                layers = []
+                for weight, bias in ((w_in, b_in), (w_out, b_out)):
+                    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+                    lin.weight = nn.Parameter(weight.to(w.dtype), requires_grad=False)
+                    if bias is not None:
+                        lin.bias = nn.Parameter(bias.to(w.dtype), requires_grad=False)
+                    layers.append(wrap(lin))
+            self._folded = (key, *layers)
+        return self._folded[1], self._folded[2]
+
+    def _folded_forward(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Cross-attention of x (B, T, D) over the cache's context (B, N, D) through
+        :meth:`folded_layers` (made by :meth:`cache_context`)."""
+        b, t, d = x.shape
+        h = self.heads
+        ctx = cache.context
+        _, inward, outward = self._folded
+        u = inward(x).view(b, t * h, d)  # each query row's heads in the context's space
+        p = torch.bmm(ctx, u.transpose(1, 2)).softmax(dim=1, dtype=torch.float32).to(ctx.dtype)  # (B, N, T H)
+        if self.record is not None:
+            self.record.append(p.transpose(1, 2).reshape(b, t, h, -1).transpose(1, 2).detach())  # (B, H, T, N)
+        avg = torch.bmm(p.transpose(1, 2), ctx)  # (B, T H, D): the context averaged per query and head
+        return self.dropout(outward(avg.reshape(b, t, h * d)))
 
     def pool(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """One query (1 or B, 1, D) over each row of a (B, N, D) context -> (B, D): ``self(query,
@@ -378,11 +458,11 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
-    def cache_context(self, context: torch.Tensor, cache: BlockCache) -> None:
-        """Fill the cross-attention cache from a (B, Tk, D) context ahead of decoding,
-        so that the generation state needs only the KV cache."""
+    def cache_context(self, context: torch.Tensor, cache: BlockCache, fold=None) -> None:
+        """Fill the cross-attention cache from a (B, Tk, D) context ahead of decoding, so that the
+        generation state needs only the KV cache (``fold``: :meth:`Attention.cache_context`)."""
         if self.cross_attn is not None:
-            cache.cross_attn.k, cache.cross_attn.v = self.cross_attn.context_kv(context, contiguous=True)
+            self.cross_attn.cache_context(context, cache.cross_attn, fold)
 
     def forward(
         self,

@@ -257,9 +257,11 @@ class VLM(nn.Module):
         img = self.encode_image(images)
         state = DecodeState(KVCache.for_layers(len(self.text_blocks)), KVCache.for_layers(len(self.fusion_blocks)))
         if self.cfg.fusion == "cross":
-            # each layer's keys and values of the image tokens, projected once for the whole generation
+            # each layer's keys and values of the image tokens, projected once for the whole generation;
+            # or, where it pays, the image tokens themselves, read by every layer's folded cross-attention
+            fold = self._cross_fold(img)
             for blk, cache in zip(self.fusion_blocks, state.fusion_cache.layers):
-                blk.cache_context(img, cache)
+                blk.cache_context(img, cache, fold=fold)
         else:
             # run the image positions through the fusion layers once: they see only
             # each other, so their keys and values never change during decoding
@@ -267,6 +269,24 @@ class VLM(nn.Module):
             for blk, cache in zip(self.fusion_blocks, state.fusion_cache.layers):
                 x = blk(x, cache=cache)
         return state
+
+    # False: decoding always caches each layer's keys and values of the image (the ablation of
+    # benchmarks/profile_decode.py --compare-fold and peer_hf.py --no-fold)
+    fold_cross_attention = True
+
+    def _cross_fold(self, img: torch.Tensor):
+        """How decoding's cross-attention is folded (:meth:`Attention.folded_layers`): oneDNN's
+        ``PackedLinear`` for fp32 on a CPU where the model's layers are packed (``mmcli.load``, the
+        trainer), else None: the keys and values cached. Measured there (BENCHMARKS.md): the folded
+        layers' products of a few rows need oneDNN (with ``F.linear``'s the fold gained 1.04x of decoding),
+        and in bf16, where the image's keys and values are half the bytes, 1.06x of decoding."""
+        from .packed import PackedLinear
+
+        if (not self.fold_cross_attention or img.device.type != "cpu" or img.dtype != torch.float32
+                or torch.compiler.is_compiling()
+                or not all(isinstance(b.cross_attn.q, PackedLinear) for b in self.fusion_blocks)):
+            return None
+        return PackedLinear
 
     def step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Append (B, t) tokens; their next-token logits (B, t, V)."""
