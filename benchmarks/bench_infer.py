@@ -8,7 +8,9 @@ in batches of ``--batch-size``, greedy and with beam 3, on the CPU; each round t
 alternating which goes first, and the report gives medians and the tokens generated.
 ``--compare-unpacked`` also loads the run without oneDNN's linear layers (mmcli/model/packed.py,
 which ``mmcli.load`` swaps in on a CPU) and times it in the same rounds: the speed-up is the
-median of the per-round ratios. Without
+median of the per-round ratios. ``--compare-unfolded`` does the same with greedy decoding's
+cross-attention not folded onto the image (``VLM.fold_cross_attention = False``: each layer's keys
+and values of the image cached, as before the fold). Without
 ../shared the images are random noise (then captions are as long as the model makes them).
 
 Retrieval: ``--index-size`` random L2-normalised embeddings of the model's width stand in for
@@ -40,6 +42,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare-unpacked", action="store_true",
                     help="Also time the model loaded with F.linear layers (no oneDNN packing), interleaved.")
+    ap.add_argument("--compare-unfolded", action="store_true",
+                    help="Also time the model with the image's keys and values cached for decoding instead of "
+                         "the folded cross-attention, interleaved.")
     a = ap.parse_args()
 
     import torch
@@ -56,6 +61,9 @@ def main() -> None:
         available, packed.packing_available = packed.packing_available, lambda: False
         models["F.linear"] = mmcli.load(a.model, "cpu")
         packed.packing_available = available
+    if a.compare_unfolded:
+        models["keys and values cached"] = mmcli.load(a.model, "cpu")
+        models["keys and values cached"].vlm.fold_cross_attention = False
     if FLICKR.is_dir():
         from mmcli.data.spec import load_dataset
 
@@ -106,7 +114,8 @@ def main() -> None:
               f"{tokens[kind, beam] / n:.1f} tokens per caption)")
         if kind != "packed":
             ratios = [u / p for u, p in zip(ts, times["packed", beam])]
-            print(f"  {'':18s} oneDNN linear layers {statistics.median(ratios):.2f}x faster "
+            what = "oneDNN linear layers" if kind == "F.linear" else "the folded cross-attention"
+            print(f"  {'':18s} {what} {statistics.median(ratios):.2f}x faster "
                   f"({min(ratios):.2f}-{max(ratios):.2f})")
     print(f"retrieval over {a.index_size:,} embeddings (dim {E}), median of {a.queries} queries: "
           f"text embedding {1000 * statistics.median(embed_t):.1f} ms + top-10 search "

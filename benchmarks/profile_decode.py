@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--shapes", action="store_true", help="With --profile: the ops grouped by their input shapes.")
     ap.add_argument("--no-pack", dest="pack", action="store_false", help="Without oneDNN's prepacked linear layers.")
+    ap.add_argument("--no-fold", dest="fold", action="store_false",
+                    help="Cache each layer's keys and values of the image (VLM.fold_cross_attention = False).")
     ap.add_argument("--compare-fold", type=int, default=0, metavar="ROUNDS",
                     help="Time the folded cross-attention (see above) against cached keys and values, ROUNDS pairs.")
     a = ap.parse_args()
@@ -64,6 +66,7 @@ def main() -> None:
     with torch.no_grad():
         img = model.encode_image(images)
     model.encode_image = lambda _: img  # the steps alone: the image comes encoded
+    model.fold_cross_attention = a.fold
     n = shape.text_len
     if a.beam == 1:
         run = lambda: greedy(model, images, 1, 2, n, min_len=n)  # noqa: E731
@@ -79,7 +82,8 @@ def main() -> None:
         run()
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(f"{a.precision}, beam {a.beam}, attention {a.attention}, batch {a.batch}: decoding {n} tokens "
+    folded = "folded" if model._cross_fold(img) and a.beam == 1 else "keys and values cached"
+    print(f"{a.precision}, beam {a.beam}, attention {a.attention}, cross-attention {folded}, batch {a.batch}: decoding {n} tokens "
           f"{med:.3f} s ({1e3 * med / n:.1f} ms a step; median of {a.repeats}), {torch.get_num_threads()} threads")
     if a.profile:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=a.shapes) as prof:
