@@ -26,6 +26,15 @@ compares the image's attention pool (late fusion pools the image tokens with one
 "folded" is :meth:`Attention.pool`, the key and value weights folded into the query and the output,
 as mmcli now runs it (both with the repeated questions shared).
 
+    python benchmarks/bench_vqa_step.py --rounds 20 --compare packing
+
+compares the text layer on the real tokens alone ("packed", as mmcli now runs it: ``VLM.encode_text``
+with :class:`Rows`, the pads' norms, projections and MLP skipped) with the whole padded batch
+("padded", ``VLM.pack_text = False``), both with the repeated questions shared. ``--init RUN`` builds
+the sessions as ``mmcli finetune --init RUN`` does (that run's model and tokenizer, a new answer
+head), e.g. the shapes VQA run of examples/easyvqa_frozen.sh, whose tokenizer spells easy-VQA's
+colours in pieces (about 9.8 tokens a question, padded to 16).
+
     python benchmarks/bench_vqa_step.py --profile
 
 profiles 10 steps of each session (``auto`` tokenizer, questions shared) after the timed rounds:
@@ -46,13 +55,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def session(frozen: bool, out: Path, precision: str, tokenizer: str = "auto"):
+def session(frozen: bool, out: Path, precision: str, tokenizer: str = "auto", init: str | None = None,
+            batch_size: int = 16):
     from mmcli import train
     from mmcli.device import resolve_precision
     from mmcli.tokenizer import Tokenizer
 
-    cfg = train.TrainConfig(task="vqa", data="easyvqa", out=str(out), preset="small", fusion="late",
-                            model={"drop_stages": 2, "text_layers": 1, "image_size": 64}, batch_size=16,
+    model = {} if init else {"drop_stages": 2, "text_layers": 1, "image_size": 64}
+    cfg = train.TrainConfig(task="vqa", data="easyvqa", out=str(out), preset="small", fusion=None if init else "late",
+                            model=model, init=init, batch_size=batch_size,
                             max_steps=850, eval_every=425, lr=3e-4, precision=precision,
                             freeze_backbone=frozen, feature_cache=frozen)
     device = torch.device("cpu")
@@ -60,7 +71,12 @@ def session(frozen: bool, out: Path, precision: str, tokenizer: str = "auto"):
     Tokenizer.train = classmethod(lambda cls, texts, vocab_size=8000, model_type=tokenizer, lowercase=True:
                                   trained(cls, texts, vocab_size, model_type, lowercase))
     try:
-        s = train._build(cfg, train._Opened(), device, resolve_precision(cfg.precision, device))
+        opened = train._Opened()
+        if init:
+            from mmcli.checkpoint import load_checkpoint
+
+            opened = train._Opened(init=load_checkpoint(train.init_checkpoint(init)))
+        s = train._build(cfg, opened, device, resolve_precision(cfg.precision, device))
     finally:
         Tokenizer.train = classmethod(trained)
     s.model.train()
@@ -90,9 +106,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    ap.add_argument("--compare", default="sharing", choices=("sharing", "tokenizer", "pool"),
+    ap.add_argument("--compare", default="sharing", choices=("sharing", "tokenizer", "pool", "packing"),
                     help="sharing: repeated questions once or every question; tokenizer: auto against unigram; "
-                    "pool: the image's attention pool folded or projecting every token")
+                    "pool: the image's attention pool folded or projecting every token; packing: the text "
+                    "layer on the real tokens alone or on the padded batch")
+    ap.add_argument("--init", help="build the sessions from this run, as mmcli finetune --init does")
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--profile", action="store_true",
                     help="also profile 10 more steps of each session (ops by input shape)")
     a = ap.parse_args()
@@ -100,13 +119,15 @@ def main() -> None:
 
     tokenizers = ("auto", "unigram") if a.compare == "tokenizer" else ("auto",)
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {(kind, tok): session(kind != "full", Path(tmp) / f"{kind}-{tok}", a.precision, tok)
+        sessions = {(kind, tok): session(kind != "full", Path(tmp) / f"{kind}-{tok}", a.precision, tok, a.init,
+                                         a.batch_size)
                     for kind in ("full", "frozen + cached") for tok in tokenizers}
         cfg0, s0 = sessions["full", "auto"]
         n_batches = a.warmup + a.rounds + (10 if a.profile else 0)
         order = train._epoch_batches(len(s0.train_set), cfg0, 0, s0.steps_per_epoch)[:n_batches]
         loaders = {key: iter(train._loader(s, order, cfg, 0)) for key, (cfg, s) in sessions.items()}
-        shares = (True, False) if a.compare in ("sharing", "pool") else (True,)  # (pool: True = folded)
+        # (pool: True = folded; packing: True = packed)
+        shares = (True, False) if a.compare in ("sharing", "pool", "packing") else (True,)
         times: dict[tuple, list[float]] = {}
         questions = {tok: [] for tok in tokenizers}
         for r in range(a.warmup + a.rounds):
@@ -116,6 +137,8 @@ def main() -> None:
                 cfg, s = sessions[key]
                 if a.compare == "pool":
                     set_pool(s.model.pool_attn, folded=shared)
+                elif a.compare == "packing":
+                    s.model.pack_text = shared
                 elif shared:
                     s.model.__dict__.pop("distinct_texts", None)  # the method: repeated questions once
                 else:
@@ -142,7 +165,8 @@ def main() -> None:
                 print(prof.key_averages(group_by_input_shape=True).table(
                     sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=30, max_shapes_column_width=70))
 
-    print(f"easy-VQA default session, precision {a.precision}, {torch.get_num_threads()} threads; "
+    print(f"easy-VQA {'from ' + a.init if a.init else 'default'} session, batch {a.batch_size}, precision {a.precision}, "
+          f"{torch.get_num_threads()} threads; "
           f"{a.rounds} rounds after {a.warmup} warm-up")
     for tok, q in questions.items():
         print(f"tokenizer {tok}: distinct questions per batch {statistics.mean(u for u, *_ in q):.1f} of "
@@ -155,6 +179,10 @@ def main() -> None:
             folded, projected = times[kind, "auto", True], times[kind, "auto", False]
             print(f"{kind:16s} projected {1000 * statistics.median(projected):7.1f} ms   folded "
                   f"{1000 * statistics.median(folded):7.1f} ms   speed-up %.2fx (%.2f-%.2f)" % ratio(projected, folded))
+        elif a.compare == "packing":
+            packed, padded = times[kind, "auto", True], times[kind, "auto", False]
+            print(f"{kind:16s} padded {1000 * statistics.median(padded):7.1f} ms   packed "
+                  f"{1000 * statistics.median(packed):7.1f} ms   speed-up %.2fx (%.2f-%.2f)" % ratio(padded, packed))
         elif a.compare == "sharing":
             shared, every = times[kind, "auto", True], times[kind, "auto", False]
             print(f"{kind:16s} every text {1000 * statistics.median(every):7.1f} ms   shared "

@@ -393,3 +393,30 @@ def test_folded_cross_attention_equals_cached_keys_and_values():
         x = torch.randn(6, 1, 32)
         torch.testing.assert_close(attn(x, cache=folded), attn(x, cache=plain))
         assert folded.context is None and folded.k is not None
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_block_on_packed_rows_equals_the_padded_block(causal):
+    """Block(x, rows=Rows) on the real positions alone (packed as (n, D)) gives the padded block's outputs
+    and gradients at those positions, with self-attention (key mask or causal) and cross-attention."""
+    from mmcli.model.transformer import Rows
+
+    torch.manual_seed(0)
+    block = Block(16, 4, cross=True)
+    lengths = torch.tensor([5, 2, 4])
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    context = torch.randn(3, 6, 16)
+    valid = torch.arange(5)[None, :] < lengths[:, None]
+    mask = None if causal else valid[:, None, None, :]
+    rows = Rows.of_lengths(lengths, 5)
+    padded = block(x, context=context, mask=mask, is_causal=causal)[valid]
+    packed = block(rows.pack(x), context=context, mask=mask, is_causal=causal, rows=rows)
+    assert packed.shape == (int(lengths.sum()), 16)
+    torch.testing.assert_close(packed, padded)
+    assert torch.equal(rows.pad(packed)[valid], packed) and not rows.pad(packed)[~valid].any()
+    params = [x, *block.parameters()]
+    for g_packed, g_padded in zip(torch.autograd.grad(packed.square().sum(), params),
+                                  torch.autograd.grad(padded.square().sum(), params)):
+        torch.testing.assert_close(g_packed, g_padded)
+    with pytest.raises(ValueError, match="packed rows"):
+        block(rows.pack(x), is_causal=True, rows=rows, context=context, cache=KVCache.for_layers(1)[0])

@@ -247,3 +247,39 @@ def test_texts_are_not_shared_under_dropout_in_training():
     assert torch.equal(u_ids[inverse], ids) and torch.equal(u_lengths[inverse], lengths)
     _, ids3, lengths3 = batch(B=3)
     assert tiny("late").distinct_texts(ids3, lengths3) is None  # nothing repeated
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_text_layers_on_the_real_tokens_alone_give_the_padded_outputs_and_gradients(fusion, monkeypatch):
+    """encode_text runs the text layers on a padded batch's real tokens alone (transformer.Rows): the
+    features at real positions, the fused output and every gradient equal the padded run's, the pads
+    come out as zeros; a batch with under PACK_PADS of padding stays padded."""
+    from mmcli.model import vlm as vlm_mod
+
+    images, ids, lengths = batch()  # 5 pads in 21 positions
+    valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+    model = tiny(fusion).train()
+    packs = []
+    real = vlm_mod.Rows.of_lengths
+    monkeypatch.setattr(vlm_mod.Rows, "of_lengths", lambda *a: packs.append(1) or real(*a))
+
+    def run(pack: bool):
+        model.pack_text = pack
+        model.zero_grad()
+        txt = model.encode_text(ids, lengths, causal=False)
+        out = model.understand(model.encode_image(images), ids, lengths)
+        (out.pow(2).sum() + txt[valid].pow(2).sum()).backward()
+        return txt.detach(), out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    txt_p, out_p, g_p = run(True)
+    assert len(packs) == 2  # encode_text, and understand's own call
+    txt, out, g = run(False)
+    assert len(packs) == 2
+    assert torch.allclose(txt_p[valid], txt[valid], atol=1e-5) and not txt_p[~valid].any()
+    assert torch.allclose(out_p, out, atol=1e-5)
+    assert g_p.keys() == g.keys()
+    for name in g:
+        assert torch.allclose(g_p[name], g[name], atol=1e-5), name
+    model.pack_text = True
+    model.encode_text(ids, torch.full_like(lengths, ids.shape[1]), causal=False)  # no pads
+    assert len(packs) == 2

@@ -69,6 +69,31 @@ def causal_mask(tq: int, tk: int, device: torch.device | None = None) -> torch.T
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
 
 
+@dataclass
+class Rows:
+    """The real positions of a right-padded (B, T) batch, for layers that run on them alone: the
+    row-wise work (norms, projections, MLP) sees only the ``index`` (n,) flat positions of real
+    tokens, packed as (n, D), and attention puts them back in their (B, T) places around it. Made by
+    :meth:`of_lengths`."""
+
+    index: torch.Tensor
+    b: int
+    t: int
+
+    @classmethod
+    def of_lengths(cls, lengths: torch.Tensor, t: int) -> "Rows":
+        valid = torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
+        return cls(valid.flatten().nonzero().squeeze(1), lengths.shape[0], t)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (n, C): the real positions."""
+        return x.reshape(self.b * self.t, -1).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, C) -> (B, T, C), zeros at the pads."""
+        return x.new_zeros(self.b * self.t, x.shape[-1]).index_copy(0, self.index, x).view(self.b, self.t, -1)
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -292,8 +317,10 @@ class Attention(nn.Module):
         is_causal: bool = False,
         cache: LayerCache | None = None,
         context_index: torch.Tensor | None = None,
+        rows: Rows | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D) -> (B, T, D).
+        """x (B, T, D) -> (B, T, D); with ``rows``, x (n, D) -> (n, D): the real positions of a
+        padded batch (:class:`Rows`), projected alone and attending in their (B, T) places.
 
         Self-attention with a cache: x holds only the new positions; their keys
         and values are appended and the queries attend to every cached position.
@@ -304,8 +331,9 @@ class Attention(nn.Module):
         once for several captions or questions): the keys and values are computed
         once per context row and gathered, not once per row of x.
         """
-        b, t, d = x.shape
         group = 1
+        if rows is not None and cache is not None:
+            raise ValueError("packed rows are for whole sequences, not cached decoding")
         if self.cross and cache is not None and cache.context is not None:
             if cache.group == 1:
                 return self._folded_forward(x, cache)
@@ -314,8 +342,13 @@ class Attention(nn.Module):
             # benchmarks/profile_decode.py --beam 3 --compare-fold): the keys and values after all
             cache.k, cache.v = self.context_kv(cache.context, contiguous=True)
             cache.context = None
+        y = self.q(x) if self.cross else self.qkv(x)  # (B, T, D or 3D), or (n, ...) for packed rows
+        if rows is not None:
+            y = rows.pad(y)
+        b, t, _ = y.shape
+        d = self.proj.in_features
         if self.cross:
-            (q,) = self._split(self.q(x), 1)
+            (q,) = self._split(y, 1)
             if cache is not None and cache.k is not None:
                 k, v, group = cache.k, cache.v, cache.group  # the image, encoded once per generation
             else:
@@ -327,7 +360,7 @@ class Attention(nn.Module):
                 if cache is not None:
                     cache.k, cache.v = k, v
         else:
-            q, k, v = self._split(self.qkv(x), 3)
+            q, k, v = self._split(y, 3)
             if cache is not None:
                 k, v = cache.append(k, v)
         if group > 1 and self.record is not None:  # (recording wants one row per query row)
@@ -342,6 +375,8 @@ class Attention(nn.Module):
         if group > 1:
             out = out.reshape(b // group, h, group, t, dh).transpose(1, 2)  # (B / g, g, H, T, Dh): rows again
         out = out.transpose(-3, -2).reshape(b, t, d)  # (B, T, D): heads side by side again
+        if rows is not None:
+            out = rows.pack(out)
         return self.dropout(self.proj(out))
 
     def cache_context(self, context: torch.Tensor, cache: LayerCache, fold=None) -> None:
@@ -472,17 +507,19 @@ class Block(nn.Module):
         is_causal: bool = False,
         cache: BlockCache | None = None,
         context_index: torch.Tensor | None = None,
+        rows: Rows | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D), context (B, Tk, D) for cross-attention -> (B, T, D).
+        """x (B, T, D), context (B, Tk, D) for cross-attention -> (B, T, D); with ``rows`` (:class:`Rows`)
+        x (n, D) -> (n, D), the real positions alone (the padded ones cost nothing).
 
         ``mask`` and ``is_causal`` apply to the self-attention; cross-attention
         sees the whole context (row ``context_index[i]`` of it, when given; see
         :meth:`Attention.forward`).
         """
         self_cache = cache.self_attn if cache is not None else None
-        x = x + self.self_attn(self.norm_self(x), mask=mask, is_causal=is_causal, cache=self_cache)
+        x = x + self.self_attn(self.norm_self(x), mask=mask, is_causal=is_causal, cache=self_cache, rows=rows)
         if self.cross_attn is not None:
             cross_cache = cache.cross_attn if cache is not None else None
             x = x + self.cross_attn(self.norm_cross(x), context=context, cache=cross_cache,
-                                    context_index=context_index)
+                                    context_index=context_index, rows=rows)
         return x + self.mlp(self.norm_mlp(x))

@@ -27,8 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .transformer import Attention, Block, KVCache
+from .transformer import Attention, Block, KVCache, Rows
 from .vision import VisionTower
+
+
+# text batches with at least this share of padded positions run their text layers on the real tokens
+# alone (VLM.encode_text); fewer pads are not worth the gather and scatter
+PACK_PADS = 0.1
 
 
 @dataclass
@@ -126,6 +131,12 @@ class VLM(nn.Module):
         self.vision.compile(mode=mode)
         for blk in (*self.text_blocks, *getattr(self, "fusion_blocks", ())):
             blk.compile(mode=mode)
+        self._layers_compiled = True  # (text then keeps its padded shape: no packed rows of every length)
+
+    _layers_compiled = False
+    # False: the text layers always run on the padded batch (the ablation of
+    # benchmarks/bench_vqa_step.py --compare packing)
+    pack_text = True
 
     # ------------------------------------------------------------------ towers
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -141,13 +152,22 @@ class VLM(nn.Module):
         return self.image_norm(pooled)
 
     def encode_text(self, ids: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -> torch.Tensor:
-        """Token ids (B, T) -> unimodal text features (B, T, D)."""
+        """Token ids (B, T) -> unimodal text features (B, T, D).
+
+        On a CPU, with ``lengths`` and at least ``PACK_PADS`` of the positions padding, the layers run on
+        the real tokens alone (:class:`Rows`: the pads' norms, projections and MLP are skipped; attention sees
+        the padded layout) and the pads' features come out as zeros, which no caller reads."""
         T = ids.shape[1]
         x = self.tok_emb(ids) + self.text_pos[:, :T]
         mask = None if causal else _key_mask(lengths, T)  # (B, 1, 1, T) or None
+        rows = None
+        if (self.pack_text and lengths is not None and self.text_blocks and ids.device.type == "cpu"
+                and not self._layers_compiled and int(lengths.sum()) <= (1 - PACK_PADS) * lengths.numel() * T):
+            rows = Rows.of_lengths(lengths, T)
+            x = rows.pack(x)  # (n, D)
         for blk in self.text_blocks:
-            x = blk(x, mask=mask, is_causal=causal)
-        return x
+            x = blk(x, mask=mask, is_causal=causal, rows=rows)
+        return x if rows is None else rows.pad(x)
 
     def text_embedding(self, txt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Text features (B, T, D) -> pooled vector (B, D): the mean over real tokens."""
