@@ -418,5 +418,11 @@ def test_a_block_on_packed_rows_equals_the_padded_block(causal):
     for g_packed, g_padded in zip(torch.autograd.grad(packed.square().sum(), params),
                                   torch.autograd.grad(padded.square().sum(), params)):
         torch.testing.assert_close(g_packed, g_padded)
+    # rounded up to a multiple: the real positions and as many pads as it takes (where there are any)
+    assert Rows.of_lengths(lengths, 5, multiple=4).index.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13]
+    assert len(Rows.of_lengths(lengths, 5, multiple=64).index) == 15
+    rounded = Rows.of_lengths(lengths, 5, multiple=4)
+    out = rounded.pad(block(rounded.pack(x), context=context, mask=mask, is_causal=causal, rows=rounded))
+    torch.testing.assert_close(out[valid], padded)
     with pytest.raises(ValueError, match="packed rows"):
         block(rows.pack(x), is_causal=True, rows=rows, context=context, cache=KVCache.for_layers(1)[0])

@@ -253,15 +253,17 @@ def test_texts_are_not_shared_under_dropout_in_training():
 def test_text_layers_on_the_real_tokens_alone_give_the_padded_outputs_and_gradients(fusion, monkeypatch):
     """encode_text runs the text layers on a padded batch's real tokens alone (transformer.Rows): the
     features at real positions, the fused output and every gradient equal the padded run's, the pads
-    come out as zeros; a batch with under PACK_PADS of padding stays padded."""
+    come out as zeros (with rows rounded up to a multiple, some pads are computed too, as unpacked);
+    a batch with under PACK_PADS of padding stays padded."""
     from mmcli.model import vlm as vlm_mod
 
+    monkeypatch.setattr(vlm_mod, "PACK_MULTIPLE", 1)
     images, ids, lengths = batch()  # 5 pads in 21 positions
     valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
     model = tiny(fusion).train()
     packs = []
     real = vlm_mod.Rows.of_lengths
-    monkeypatch.setattr(vlm_mod.Rows, "of_lengths", lambda *a: packs.append(1) or real(*a))
+    monkeypatch.setattr(vlm_mod.Rows, "of_lengths", lambda *a, **k: packs.append(1) or real(*a, **k))
 
     def run(pack: bool):
         model.pack_text = pack
@@ -281,5 +283,9 @@ def test_text_layers_on_the_real_tokens_alone_give_the_padded_outputs_and_gradie
     for name in g:
         assert torch.allclose(g_p[name], g[name], atol=1e-5), name
     model.pack_text = True
+    monkeypatch.setattr(vlm_mod, "PACK_MULTIPLE", 6)  # 16 real positions and 2 pads: 18 rows
+    txt_m = model.encode_text(ids, lengths, causal=False)
+    assert len(packs) == 3 and int((txt_m != 0).any(-1).sum()) == 18
+    assert torch.allclose(txt_m[valid], txt[valid], atol=1e-5)
     model.encode_text(ids, torch.full_like(lengths, ids.shape[1]), causal=False)  # no pads
-    assert len(packs) == 2
+    assert len(packs) == 3

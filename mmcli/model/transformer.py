@@ -81,9 +81,18 @@ class Rows:
     t: int
 
     @classmethod
-    def of_lengths(cls, lengths: torch.Tensor, t: int) -> "Rows":
+    def of_lengths(cls, lengths: torch.Tensor, t: int, multiple: int = 1) -> "Rows":
+        """The real positions of right-padded rows of these lengths; with ``multiple``, as many pads
+        besides as make their count a multiple of it (where the batch has them): the products then see
+        a few row counts over and over instead of a new one nearly every batch, and oneDNN makes a
+        kernel for each new shape (the pads' outputs are computed and read by nobody, as unpacked)."""
         valid = torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
-        return cls(valid.flatten().nonzero().squeeze(1), lengths.shape[0], t)
+        flat = valid.flatten()
+        index = flat.nonzero().squeeze(1)
+        extra = min(-index.numel() % multiple, flat.numel() - index.numel())
+        if extra:
+            index = torch.cat([index, (~flat).nonzero().squeeze(1)[:extra]]).sort().values
+        return cls(index, lengths.shape[0], t)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (n, C): the real positions."""

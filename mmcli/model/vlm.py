@@ -34,6 +34,8 @@ from .vision import VisionTower
 # text batches with at least this share of padded positions run their text layers on the real tokens
 # alone (VLM.encode_text); fewer pads are not worth the gather and scatter
 PACK_PADS = 0.1
+# and their packed rows are rounded up to a multiple of this (transformer.Rows.of_lengths)
+PACK_MULTIPLE = 64
 
 
 @dataclass
@@ -163,7 +165,7 @@ class VLM(nn.Module):
         rows = None
         if (self.pack_text and lengths is not None and self.text_blocks and ids.device.type == "cpu"
                 and not self._layers_compiled and int(lengths.sum()) <= (1 - PACK_PADS) * lengths.numel() * T):
-            rows = Rows.of_lengths(lengths, T)
+            rows = Rows.of_lengths(lengths, T, multiple=PACK_MULTIPLE)
             x = rows.pack(x)  # (n, D)
         for blk in self.text_blocks:
             x = blk(x, mask=mask, is_causal=causal, rows=rows)
