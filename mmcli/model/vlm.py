@@ -137,7 +137,7 @@ class VLM(nn.Module):
 
     _layers_compiled = False
     # False: the text layers always run on the padded batch (the ablation of
-    # benchmarks/bench_vqa_step.py --compare packing)
+    # benchmarks/bench_vqa_step.py --compare packing and benchmarks/ablate.py pack_text=0)
     pack_text = True
 
     # ------------------------------------------------------------------ towers
@@ -158,7 +158,8 @@ class VLM(nn.Module):
 
         On a CPU, with ``lengths`` and at least ``PACK_PADS`` of the positions padding, the layers run on
         the real tokens alone (:class:`Rows`: the pads' norms, projections and MLP are skipped; attention sees
-        the padded layout) and the pads' features come out as zeros, which no caller reads."""
+        the padded layout; the packed rows are rounded up to a multiple of ``PACK_MULTIPLE`` with pads) and
+        the pads' features come out as zeros or as computed, which no caller reads."""
         T = ids.shape[1]
         x = self.tok_emb(ids) + self.text_pos[:, :T]
         mask = None if causal else _key_mask(lengths, T)  # (B, 1, 1, T) or None
