@@ -95,11 +95,11 @@ class Rows:
         return cls(index, lengths.shape[0], t)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (n, C): the real positions."""
+        """(B, T, C) -> (n, C): the positions of ``index``."""
         return x.reshape(self.b * self.t, -1).index_select(0, self.index)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, C) -> (B, T, C), zeros at the pads."""
+        """(n, C) -> (B, T, C), zeros at the positions not in ``index``."""
         return x.new_zeros(self.b * self.t, x.shape[-1]).index_copy(0, self.index, x).view(self.b, self.t, -1)
 
 
