@@ -71,11 +71,7 @@ def session(frozen: bool, out: Path, precision: str, tokenizer: str = "auto", in
     Tokenizer.train = classmethod(lambda cls, texts, vocab_size=8000, model_type=tokenizer, lowercase=True:
                                   trained(cls, texts, vocab_size, model_type, lowercase))
     try:
-        opened = train._Opened()
-        if init:
-            from mmcli.checkpoint import load_checkpoint
-
-            opened = train._Opened(init=load_checkpoint(train.init_checkpoint(init)))
+        opened = train._open_run(cfg, out)  # (a fresh directory: the --init checkpoint, if any, opened)
         s = train._build(cfg, opened, device, resolve_precision(cfg.precision, device))
     finally:
         Tokenizer.train = classmethod(trained)
