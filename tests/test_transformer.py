@@ -408,7 +408,7 @@ def test_a_block_on_packed_rows_equals_the_padded_block(causal):
     context = torch.randn(3, 6, 16)
     valid = torch.arange(5)[None, :] < lengths[:, None]
     mask = None if causal else valid[:, None, None, :]
-    rows = Rows.of_lengths(lengths, 5)
+    rows = Rows.of_mask(valid)
     padded = block(x, context=context, mask=mask, is_causal=causal)[valid]
     packed = block(rows.pack(x), context=context, mask=mask, is_causal=causal, rows=rows)
     assert packed.shape == (int(lengths.sum()), 16)
@@ -419,9 +419,9 @@ def test_a_block_on_packed_rows_equals_the_padded_block(causal):
                                   torch.autograd.grad(padded.square().sum(), params)):
         torch.testing.assert_close(g_packed, g_padded)
     # rounded up to a multiple: the real positions and as many pads as it takes (where there are any)
-    assert Rows.of_lengths(lengths, 5, multiple=4).index.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13]
-    assert len(Rows.of_lengths(lengths, 5, multiple=64).index) == 15
-    rounded = Rows.of_lengths(lengths, 5, multiple=4)
+    assert Rows.of_mask(valid, multiple=4).index.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13]
+    assert len(Rows.of_mask(valid, multiple=64).index) == 15
+    rounded = Rows.of_mask(valid, multiple=4)
     out = rounded.pad(block(rounded.pack(x), context=context, mask=mask, is_causal=causal, rows=rounded))
     torch.testing.assert_close(out[valid], padded)
     with pytest.raises(ValueError, match="packed rows"):

@@ -262,8 +262,8 @@ def test_text_layers_on_the_real_tokens_alone_give_the_padded_outputs_and_gradie
     valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
     model = tiny(fusion).train()
     packs = []
-    real = vlm_mod.Rows.of_lengths
-    monkeypatch.setattr(vlm_mod.Rows, "of_lengths", lambda *a, **k: packs.append(1) or real(*a, **k))
+    real = vlm_mod.Rows.of_mask
+    monkeypatch.setattr(vlm_mod.Rows, "of_mask", lambda *a, **k: packs.append(1) or real(*a, **k))
 
     def run(pack: bool):
         model.pack_text = pack

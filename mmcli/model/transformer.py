@@ -74,25 +74,24 @@ class Rows:
     """The real positions of a right-padded (B, T) batch, for layers that run on them alone: the
     row-wise work (norms, projections, MLP) sees only the ``index`` (n,) flat positions of real
     tokens, packed as (n, D), and attention puts them back in their (B, T) places around it. Made by
-    :meth:`of_lengths`."""
+    :meth:`of_mask`."""
 
     index: torch.Tensor
     b: int
     t: int
 
     @classmethod
-    def of_lengths(cls, lengths: torch.Tensor, t: int, multiple: int = 1) -> "Rows":
-        """The real positions of right-padded rows of these lengths; with ``multiple``, as many pads
-        besides as make their count a multiple of it (where the batch has them): the products then see
-        a few row counts over and over instead of a new one nearly every batch, and oneDNN makes a
-        kernel for each new shape (the pads' outputs are computed and read by nobody, as unpacked)."""
-        valid = torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
+    def of_mask(cls, valid: torch.Tensor, multiple: int = 1) -> "Rows":
+        """The real positions, True in ``valid`` (B, T); with ``multiple``, as many pads besides as make
+        their count a multiple of it (where the batch has them): the products then see a few row counts
+        over and over instead of a new one nearly every batch, and oneDNN makes a kernel for each new
+        shape (the pads' outputs are computed and read by nobody, as unpacked)."""
         flat = valid.flatten()
         index = flat.nonzero().squeeze(1)
         extra = min(-index.numel() % multiple, flat.numel() - index.numel())
         if extra:
             index = torch.cat([index, (~flat).nonzero().squeeze(1)[:extra]]).sort().values
-        return cls(index, lengths.shape[0], t)
+        return cls(index, valid.shape[0], valid.shape[1])
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (n, C): the positions of ``index``."""

@@ -34,7 +34,7 @@ from .vision import VisionTower
 # text batches with at least this share of padded positions run their text layers on the real tokens
 # alone (VLM.encode_text); fewer pads are not worth the gather and scatter
 PACK_PADS = 0.1
-# and their packed rows are rounded up to a multiple of this (transformer.Rows.of_lengths)
+# and their packed rows are rounded up to a multiple of this (transformer.Rows.of_mask)
 PACK_MULTIPLE = 64
 
 
@@ -162,11 +162,12 @@ class VLM(nn.Module):
         the pads' features come out as zeros or as computed, which no caller reads."""
         T = ids.shape[1]
         x = self.tok_emb(ids) + self.text_pos[:, :T]
-        mask = None if causal else _key_mask(lengths, T)  # (B, 1, 1, T) or None
+        valid = None if lengths is None else _valid(lengths, T)  # (B, T)
+        mask = None if causal or valid is None else valid[:, None, None, :]  # (B, 1, 1, T), as _key_mask
         rows = None
-        if (self.pack_text and lengths is not None and self.text_blocks and ids.device.type == "cpu"
-                and not self._layers_compiled and int(lengths.sum()) <= (1 - PACK_PADS) * lengths.numel() * T):
-            rows = Rows.of_lengths(lengths, T, multiple=PACK_MULTIPLE)
+        if (self.pack_text and valid is not None and self.text_blocks and ids.device.type == "cpu"
+                and not self._layers_compiled and int(valid.sum()) <= (1 - PACK_PADS) * valid.numel()):
+            rows = Rows.of_mask(valid, multiple=PACK_MULTIPLE)
             x = rows.pack(x)  # (n, D)
         for blk in self.text_blocks:
             x = blk(x, mask=mask, is_causal=causal, rows=rows)
