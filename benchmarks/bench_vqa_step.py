@@ -151,7 +151,11 @@ def main() -> None:
         if a.profile:
             for kind in ("full", "frozen + cached"):
                 cfg, s = sessions[kind, "auto"]
+                # mmcli's own path, whichever variant the last round left: questions shared, pool folded, packed
                 s.model.__dict__.pop("distinct_texts", None)
+                if a.compare == "pool":
+                    set_pool(s.model.pool_attn, folded=True)
+                s.model.__dict__.pop("pack_text", None)
                 steps = [next(loaders[kind, "auto"]).to(torch.device("cpu")) for _ in range(10)]
                 cpu = [torch.profiler.ProfilerActivity.CPU]
                 with torch.profiler.profile(activities=cpu, record_shapes=True) as prof:
