@@ -120,8 +120,8 @@ def main() -> None:
             with torch.no_grad():
                 for s in ("train", "val", "test"):
                     wrong = int((probe(xs[s]).argmax(1) != ys[s]).sum())
-                    n = len(ys[s])
-                    cells.append(f"{100 * (1 - wrong / n):6.2f}%" if s == "train" else f"{100 * (1 - wrong / n):6.2f}% ({wrong:2d} wrong)")
+                    cell = f"{100 * (1 - wrong / len(ys[s])):6.2f}%"
+                    cells.append(cell if s == "train" else f"{cell} ({wrong:2d} wrong)")
             print(f"{run:40s} {kind:18s} {cells[0]:>8s} {cells[1]:>16s} {cells[2]:>16s}")
 
 
