@@ -13,6 +13,7 @@ backward, AdamW) with the same loss code the trainer runs (``mmcli.train.caption
     python benchmarks/profile_caption_step.py --attention sdpa # SDPA also for bf16 training
     python benchmarks/profile_caption_step.py --compare 10     # all variants, interleaved
     python benchmarks/profile_caption_step.py --ablate 10      # bf16 ideas not kept, interleaved
+    python benchmarks/profile_caption_step.py --frozen 10      # full against frozen + cached, FLOPs
 
 Nothing is downloaded; random weights and random images (speed does not depend on them).
 """
@@ -79,11 +80,18 @@ def main() -> None:
     ap.add_argument("--ablate", type=int, metavar="ROUNDS", default=0,
                     help="Instead: ROUNDS interleaved rounds of mmcli's bf16 step against ideas measured and not "
                     "kept (dropout masks from 15 random bits, no dropout at all, bf16 weights without autocast).")
+    ap.add_argument("--frozen", type=int, metavar="ROUNDS", default=0,
+                    help="Instead: the training FLOPs of a step, full and with the backbone frozen and its features "
+                    "cached (--freeze-backbone --feature-cache), their ratio (what caching can gain at best), and "
+                    "ROUNDS interleaved rounds of the two bf16 steps, each also with the images' keys and values "
+                    "projected again for every length bucket (VLM.share_image_kv = False, the ablation).")
     args = ap.parse_args()
     if args.compare:
         return compare(args)
     if args.ablate:
         return ablate(args)
+    if args.frozen:
+        return frozen(args)
 
     from mmcli.model.transformer import set_attention_impl
 
@@ -195,6 +203,68 @@ def ablate(args) -> None:
         med = statistics.median(times[name])
         print(f"{name:42s} {med:9.3f} {5 * args.images / med:11.1f} "
               f"{statistics.median(r):22.2f}x ({min(r):.2f}-{max(r):.2f})")
+
+
+def frozen(args) -> None:
+    """Full training against the backbone frozen with its features cached, on one batch: the FLOPs of
+    each step (forward and backward, counted by torch's FlopCounterMode) and bf16 step times, the
+    order alternating each round; each also with the ablation ``VLM.share_image_kv = False`` (every
+    length bucket of the captions projects the images' keys and values again). The cached step reads
+    the backbone's tokens as the feature cache gives them (bf16 values in fp32 tensors) and starts at
+    the projection."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmcli.model.vlm import VLM
+    from mmcli.train import caption_loss, param_groups
+
+    full, _, batch = build(args)
+    cached = copy.deepcopy(full)
+    cached.vision.frozen = True
+    cached.vision.backbone.requires_grad_(False)
+    with torch.no_grad():
+        feats = cached.vision.eval().features(batch.images).bfloat16().float()  # (B, N, C)
+    models = {"full": full.train(), "frozen + cached": cached.train()}
+    batches = {"full": batch, "frozen + cached": SimpleNamespace(**{**vars(batch), "images": feats})}
+    opts = {k: torch.optim.AdamW(param_groups(m, 0.05), lr=1e-3, foreach=True) for k, m in models.items()}
+    session = SimpleNamespace(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    variants = [(name, share) for name in models for share in (True, False)]
+    label = {(n, sh): n + ("" if sh else ", kv per bucket") for n, sh in variants}
+    flops = {}
+    for name, share in variants:
+        VLM.share_image_kv = share
+        with FlopCounterMode(display=False) as counter:
+            caption_loss(models[name], batches[name], session, 0.1).backward()
+        models[name].zero_grad(set_to_none=True)
+        flops[name, share] = counter.get_total_flops()
+    times = {v: [] for v in variants}
+    for r in range(args.frozen + 1):  # round 0 warms every variant up
+        for name, share in variants if r % 2 else variants[::-1]:
+            VLM.share_image_kv = share
+            t0 = time.perf_counter()
+            step(models[name], opts[name], batches[name], session, 0.1)
+            if r:
+                times[name, share].append(time.perf_counter() - t0)
+    VLM.share_image_kv = True
+    n_cap = 5 * args.images
+    print(f"{args.frozen} rounds, bf16, {args.images} images and {n_cap} captions a step "
+          f"(mean {batch.text_len.float().mean():.1f} tokens), threads {torch.get_num_threads()}")
+    print(f"{'step':32s} {'GFLOP':>7s} {'median s':>9s} {'captions/s':>11s} {'GFLOP/s':>8s}")
+    for v in variants:
+        med = statistics.median(times[v])
+        print(f"{label[v]:32s} {flops[v] / 1e9:7.1f} {med:9.3f} {n_cap / med:11.1f} {flops[v] / 1e9 / med:8.1f}")
+
+    def ratio(a, b):
+        r = [x / y for x, y in zip(times[a], times[b])]
+        return f"{statistics.median(r):.2f}x (min {min(r):.2f}, max {max(r):.2f})"
+
+    for share in (True, False):
+        a, b = ("full", share), ("frozen + cached", share)
+        print(f"full / frozen + cached{'' if share else ', kv per bucket'}: FLOPs {flops[a] / flops[b]:.2f}x (the "
+              f"speed-up caching gives when both run at one FLOP rate), time {ratio(a, b)}")
+    for name in models:
+        print(f"{name}: keys and values shared by the buckets against per bucket: time {ratio((name, False), (name, True))}")
 
 
 if __name__ == "__main__":

@@ -888,7 +888,8 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
     row per image with ``img_index`` mapping caption rows to image rows.
 
     The captions are cut into length buckets (:data:`LM_BUCKET_ROWS` rows or more each), each
-    trimmed to its longest caption, and the LM head sees real predictions only. Causal,
+    trimmed to its longest caption, and the LM head sees real predictions only; the buckets share each
+    cross-attention layer's keys and values of the images (:meth:`VLM.image_kv`). Causal,
     right-padded text never lets a real token see a pad, so this is the padded batch's loss
     (tests/test_train.py) at about half the decoder's compute on Flickr8k (captions of 16
     tokens on average in batches padded to 32)."""
@@ -903,6 +904,10 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
         same_order = False
         if img_index is None:  # one image row per caption
             img_index = torch.arange(n_rows, device=batch.text.device)
+    img_kv = None
+    if len(buckets) > 1:  # each layer's keys and values of the images projected once for every bucket
+        with s.autocast():
+            img_kv = model.image_kv(img)
     total, n_real = 0.0, 0
     for rows in buckets:
         lens = batch.text_len[rows]
@@ -917,7 +922,7 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
             real = None
         with s.autocast():
             logits = model.lm_logits(None, ids, img=img, img_index=None if same_order else img_index[rows],
-                                     positions=real)  # (n, V), or (b, T, V) for every position
+                                     positions=real, img_kv=img_kv)  # (n, V), or (b, T, V) for every position
         logits = logits.reshape(-1, logits.shape[-1])  # (n, V): x[real]'s row order is row-major too
         total = total + F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing, reduction="sum")
         n_real += len(targets)

@@ -137,6 +137,30 @@ def test_length_buckets_give_the_padded_batch_loss_and_gradients(monkeypatch, fu
             torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_length_buckets_project_the_images_keys_and_values_once(monkeypatch, grouped):
+    """Several length buckets share each cross-attention layer's keys and values of the batch's images:
+    one projection of every image per layer and step, not one per bucket."""
+    from mmcli.config import preset
+    from mmcli.model.vlm import VLM
+
+    torch.manual_seed(0)
+    model = VLM(preset("tiny", vocab_size=50)).train()
+    n_img = 3 if grouped else 12
+    lengths = torch.tensor([3, 4, 5, 6, 7, 8, 9, 10, 4, 6, 8, 10])
+    ids = torch.randint(3, 50, (12, 10))
+    batch = SimpleNamespace(images=torch.randn(n_img, 3, 64, 64), text=ids, text_len=lengths,
+                            text_image=torch.arange(3).repeat_interleave(4) if grouped else None)
+    monkeypatch.setattr(train, "LM_BUCKET_ROWS", 3)  # 4 buckets
+    projected = []
+    for blk in model.fusion_blocks:
+        blk.cross_attn.kv.register_forward_hook(lambda m, args, out: projected.append(args[0].shape[0]))
+    loss = train.caption_loss(model, batch, SimpleNamespace(autocast=nullcontext))
+    loss.backward()
+    assert projected == [n_img] * len(model.fusion_blocks)  # every image, once per layer
+    assert all(blk.cross_attn.kv.weight.grad is not None for blk in model.fusion_blocks)
+
+
 def test_lm_loss_of_equal_length_pairs_is_the_whole_batch_loss():
     """Pairs of one length in one bucket (the fast path: no gather of rows or positions, the last token
     not fed) give the loss and gradients of the plain forward over the whole batch."""

@@ -326,6 +326,7 @@ class Attention(nn.Module):
         cache: LayerCache | None = None,
         context_index: torch.Tensor | None = None,
         rows: Rows | None = None,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x (B, T, D) -> (B, T, D); with ``rows``, x (n, D) -> (n, D): the real positions of a
         padded batch (:class:`Rows`), projected alone and attending in their (B, T) places.
@@ -338,6 +339,8 @@ class Attention(nn.Module):
         ``context_index[i]`` (context then has its own batch size, e.g. each image
         once for several captions or questions): the keys and values are computed
         once per context row and gathered, not once per row of x.
+        ``context_kv``: the context's keys and values already projected (:meth:`context_kv`, one
+        call's for several: a batch's captions in length buckets), in place of ``context``.
         """
         group = 1
         if rows is not None and cache is not None:
@@ -360,9 +363,9 @@ class Attention(nn.Module):
             if cache is not None and cache.k is not None:
                 k, v, group = cache.k, cache.v, cache.group  # the image, encoded once per generation
             else:
-                if context is None:
+                if context is None and context_kv is None:
                     raise ValueError("cross-attention needs a context (or a filled cache)")
-                k, v = self.context_kv(context, contiguous=cache is not None)
+                k, v = context_kv if context_kv is not None else self.context_kv(context, contiguous=cache is not None)
                 if context_index is not None:
                     k, v = k.index_select(0, context_index), v.index_select(0, context_index)
                 if cache is not None:
@@ -516,18 +519,19 @@ class Block(nn.Module):
         cache: BlockCache | None = None,
         context_index: torch.Tensor | None = None,
         rows: Rows | None = None,
+        context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x (B, T, D), context (B, Tk, D) for cross-attention -> (B, T, D); with ``rows`` (:class:`Rows`)
         x (n, D) -> (n, D), the real positions alone (the padded ones cost nothing).
 
         ``mask`` and ``is_causal`` apply to the self-attention; cross-attention
         sees the whole context (row ``context_index[i]`` of it, when given; see
-        :meth:`Attention.forward`).
+        :meth:`Attention.forward`), or takes its keys and values as ``context_kv``.
         """
         self_cache = cache.self_attn if cache is not None else None
         x = x + self.self_attn(self.norm_self(x), mask=mask, is_causal=is_causal, cache=self_cache, rows=rows)
         if self.cross_attn is not None:
             cross_cache = cache.cross_attn if cache is not None else None
             x = x + self.cross_attn(self.norm_cross(x), context=context, cache=cross_cache,
-                                    context_index=context_index, rows=rows)
+                                    context_index=context_index, rows=rows, context_kv=context_kv)
         return x + self.mlp(self.norm_mlp(x))

@@ -179,13 +179,14 @@ class VLM(nn.Module):
         return self.text_norm((txt * valid).sum(1) / valid.sum(1).clamp(min=1))
 
     # ------------------------------------------------------------------ fusion
-    def fuse(self, txt: torch.Tensor, img: torch.Tensor, lengths: torch.Tensor | None, causal: bool,
-             img_index: torch.Tensor | None = None) -> torch.Tensor:
+    def fuse(self, txt: torch.Tensor, img: torch.Tensor | None, lengths: torch.Tensor | None, causal: bool,
+             img_index: torch.Tensor | None = None, img_kv: list | None = None) -> torch.Tensor:
         """Text features (B, T, D) fused with image tokens (B, N, D) -> (B, T, D).
 
         ``img_index`` (B,) int64: text row i belongs to image row ``img_index[i]`` of ``img``
         (each image once for all its captions or questions); cross-attention then projects each
-        image's keys and values once.
+        image's keys and values once. ``img_kv``: :meth:`image_kv` of the image tokens, made once
+        for several calls (cross fusion; ``img`` is then unused).
         """
         if self.cfg.fusion == "late":
             raise ValueError("late fusion has no token-level fusion")
@@ -193,8 +194,9 @@ class VLM(nn.Module):
         if self.cfg.fusion == "cross":
             mask = None if causal else _key_mask(lengths, T)
             x = txt
-            for blk in self.fusion_blocks:
-                x = blk(x, context=img, mask=mask, is_causal=causal, context_index=img_index)
+            for i, blk in enumerate(self.fusion_blocks):
+                x = blk(x, context=img, mask=mask, is_causal=causal, context_index=img_index,
+                        context_kv=None if img_kv is None else img_kv[i])
             return self.fusion_norm(x)
         if img_index is not None:  # concat: the image positions are part of each row's sequence
             img = img.index_select(0, img_index)
@@ -208,17 +210,32 @@ class VLM(nn.Module):
     # ------------------------------------------------------------------ tasks
     def lm_logits(self, images: torch.Tensor | None, ids: torch.Tensor,
                   img: torch.Tensor | None = None, img_index: torch.Tensor | None = None,
-                  positions: torch.Tensor | None = None) -> torch.Tensor:
+                  positions: torch.Tensor | None = None, img_kv: list | None = None) -> torch.Tensor:
         """Captioning: (B, T) ids -> next-token logits (B, T, V), causal. ``img``: the image tokens
         when already encoded (pretraining shares them between objectives); then ``images`` is unused.
         ``img_index``: caption row i shows image row ``img_index[i]`` (see :meth:`fuse`).
         ``positions`` (B, T) bool: only the logits of those positions, (N, V), in ``x[positions]``
-        order (training asks for the real predictions: pads never reach the LM head)."""
+        order (training asks for the real predictions: pads never reach the LM head).
+        ``img_kv``: :meth:`image_kv` of ``img``, shared by several calls (see :meth:`fuse`)."""
         img = self.encode_image(images) if img is None else img
-        h = self.fuse(self.encode_text(ids, None, causal=True), img, None, causal=True, img_index=img_index)
+        h = self.fuse(self.encode_text(ids, None, causal=True), img, None, causal=True, img_index=img_index,
+                      img_kv=img_kv)
         if positions is not None:
             h = h[positions]  # (N, D)
         return self.lm_head(h)
+
+    def image_kv(self, img: torch.Tensor) -> list | None:
+        """Each cross-attention layer's keys and values of image tokens (B, N, D), projected once for
+        several :meth:`lm_logits` calls on the same images (the trainer's length buckets of a batch's
+        captions: each bucket used to project every image of the batch again); None unless the fusion
+        is cross-attention."""
+        if self.cfg.fusion != "cross" or not self.share_image_kv:
+            return None
+        return [blk.cross_attn.context_kv(img) for blk in self.fusion_blocks]
+
+    # False: image_kv gives None, so each call projects the images' keys and values again (the ablation of
+    # benchmarks/profile_caption_step.py --frozen and benchmarks/ablate.py share_image_kv=0)
+    share_image_kv = True
 
     def understand(self, img: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
                    img_index: torch.Tensor | None = None) -> torch.Tensor:
