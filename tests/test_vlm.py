@@ -188,7 +188,9 @@ def test_vit_backbone_in_the_full_model():
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_img_index_equals_repeating_the_image_rows(fusion):
     """Texts sharing images: passing each image once with img_index gives what repeating its
-    tokens per text gives (cross-attention then projects each image's keys and values once)."""
+    tokens per text gives (cross-attention then projects each image's keys and values once), for
+    understanding and captioning; and so do the keys and values of image_kv, made once for several
+    captioning calls."""
     model = tiny(fusion)
     images, ids, lengths = batch(B=3)
     index = torch.tensor([1, 0, 1])  # text row -> image row
@@ -201,6 +203,9 @@ def test_img_index_equals_repeating_the_image_rows(fusion):
             a = model.lm_logits(None, ids, img=img, img_index=index)
             b = model.lm_logits(None, ids, img=img.index_select(0, index))
             assert torch.allclose(a, b, atol=1e-5)
+            kv = model.image_kv(img)
+            assert (kv is None) == (fusion != "cross")
+            torch.testing.assert_close(model.lm_logits(None, ids, img=img, img_index=index, img_kv=kv), a)
 
 
 def _repeated_questions():
