@@ -14,6 +14,7 @@ backward, AdamW) with the same loss code the trainer runs (``mmcli.train.caption
     python benchmarks/profile_caption_step.py --compare 10     # all variants, interleaved
     python benchmarks/profile_caption_step.py --ablate 10      # bf16 ideas not kept, interleaved
     python benchmarks/profile_caption_step.py --frozen 10      # full against frozen + cached, FLOPs
+    python benchmarks/profile_caption_step.py --itm 10         # ITM: fusion layers on the real tokens or padded
 
 Nothing is downloaded; random weights and random images (speed does not depend on them).
 """
@@ -85,7 +86,14 @@ def main() -> None:
                     "cached (--freeze-backbone --feature-cache), their ratio (what caching can gain at best), and "
                     "ROUNDS interleaved rounds of the two bf16 steps, each also with the images' keys and values "
                     "projected again for every length bucket (VLM.share_image_kv = False, the ablation).")
+    ap.add_argument("--itm", type=int, metavar="ROUNDS", default=0,
+                    help="Instead: ROUNDS interleaved rounds of pretraining's ITM loss (forward and backward, bf16) "
+                    "on the batch's images, one caption each, also each image with a wrong caption and each caption "
+                    "with a wrong image: the fusion layers on the real tokens alone (mmcli's) against the padded "
+                    "batch (VLM.pack_fusion = False).")
     args = ap.parse_args()
+    if args.itm:
+        return itm(args)
     if args.compare:
         return compare(args)
     if args.ablate:
@@ -265,6 +273,59 @@ def frozen(args) -> None:
               f"speed-up caching gives when both run at one FLOP rate), time {ratio(a, b)}")
     for name in models:
         print(f"{name}: keys and values shared by the buckets against per bucket: time {ratio((name, False), (name, True))}")
+
+
+def itm(args) -> None:
+    """The ITM part of a pretraining step (as ``mmcli.train._itm_part`` makes it, forward and backward,
+    bf16): the B pairs, each image with a wrong caption and each caption with a wrong image, 3B rows,
+    the captions padded to the longest as the collate pads them; the image tokens come encoded. The
+    fusion layers on the captions' real tokens alone against the padded batch (``VLM.pack_fusion``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmcli.losses import itm_loss
+    from mmcli.model.vlm import VLM
+
+    model, _, batch = build(args)
+    model.train()
+    B = args.images
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        img = model.encode_image(batch.images)  # (B, N, D)
+    lens = batch.text_len[::5]  # one caption per image
+    text = batch.text[::5, : int(lens.max())]
+    wrong_text, wrong_image = torch.randperm(B, generator=g), torch.randperm(B, generator=g)
+    imgs = torch.cat([img, img, img[wrong_image]])
+    ids, lengths = torch.cat([text, text[wrong_text], text]), torch.cat([lens, lens[wrong_text], lens])
+    labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long()
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model.itm_logits(imgs, ids, lengths)
+        itm_loss(logits.float(), labels).backward()
+
+    names = {True: "fusion on the real tokens", False: "fusion padded"}
+    flops = {}
+    for packed in names:
+        VLM.pack_fusion = packed
+        with FlopCounterMode(display=False) as counter:
+            run()
+        flops[packed] = counter.get_total_flops()
+    times = {k: [] for k in names}
+    for r in range(args.itm + 1):  # round 0 warms both up
+        for packed in (True, False) if r % 2 else (False, True):
+            VLM.pack_fusion = packed
+            t0 = time.perf_counter()
+            run()
+            if r:
+                times[packed].append(time.perf_counter() - t0)
+    VLM.pack_fusion = True
+    print(f"{args.itm} rounds, bf16, ITM on {B} pairs ({3 * B} rows; captions of {float(lens.float().mean()):.1f} "
+          f"tokens padded to {text.shape[1]}), dropout {args.dropout}, threads {torch.get_num_threads()}")
+    for packed, name in names.items():
+        print(f"{name:26s} {flops[packed] / 1e9:6.1f} GFLOP  median {statistics.median(times[packed]) * 1e3:7.1f} ms")
+    r = [a / b for a, b in zip(times[False], times[True])]
+    print(f"on the real tokens against padded: {statistics.median(r):.2f}x (min {min(r):.2f}, max {max(r):.2f})")
 
 
 if __name__ == "__main__":

@@ -137,8 +137,12 @@ class VLM(nn.Module):
 
     _layers_compiled = False
     # False: the text layers always run on the padded batch (the ablation of
-    # benchmarks/bench_vqa_step.py --compare packing and benchmarks/ablate.py pack_text=0)
+    # benchmarks/bench_vqa_step.py --compare packing and benchmarks/ablate.py pack_text=0; the fusion
+    # layers too)
     pack_text = True
+    # False: the cross-attention fusion layers of texts with lengths (VQA, ITM) run on the padded batch
+    # (the ablation of benchmarks/profile_caption_step.py --itm and benchmarks/ablate.py pack_fusion=0)
+    pack_fusion = True
 
     # ------------------------------------------------------------------ towers
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -164,14 +168,21 @@ class VLM(nn.Module):
         x = self.tok_emb(ids) + self.text_pos[:, :T]
         valid = None if lengths is None else _valid(lengths, T)  # (B, T)
         mask = None if causal or valid is None else valid[:, None, None, :]  # (B, 1, 1, T), as _key_mask
-        rows = None
-        if (self.pack_text and valid is not None and self.text_blocks and ids.device.type == "cpu"
-                and not self._layers_compiled and int(valid.sum()) <= (1 - PACK_PADS) * valid.numel()):
-            rows = Rows.of_mask(valid, multiple=PACK_MULTIPLE)
+        rows = self._real_rows(valid, self.text_blocks)
+        if rows is not None:
             x = rows.pack(x)  # (n, D)
         for blk in self.text_blocks:
             x = blk(x, mask=mask, is_causal=causal, rows=rows)
         return x if rows is None else rows.pad(x)
+
+    def _real_rows(self, valid: torch.Tensor | None, blocks) -> Rows | None:
+        """:class:`Rows` of the real positions of ``valid`` (B, T) for ``blocks`` to run on alone (see
+        :meth:`encode_text`), or None: no lengths or no blocks, not on a CPU, compiled layers, the switch
+        off, or under ``PACK_PADS`` of the positions padding."""
+        if (self.pack_text and valid is not None and len(blocks) and valid.device.type == "cpu"
+                and not self._layers_compiled and int(valid.sum()) <= (1 - PACK_PADS) * valid.numel()):
+            return Rows.of_mask(valid, multiple=PACK_MULTIPLE)
+        return None
 
     def text_embedding(self, txt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Text features (B, T, D) -> pooled vector (B, D): the mean over real tokens."""
@@ -193,11 +204,14 @@ class VLM(nn.Module):
         B, T, _ = txt.shape
         if self.cfg.fusion == "cross":
             mask = None if causal else _key_mask(lengths, T)
-            x = txt
+            # (texts with lengths, as VQA's and ITM's: the layers on the real positions alone, as encode_text's)
+            rows = (None if causal or lengths is None or not self.pack_fusion
+                    else self._real_rows(_valid(lengths, T), self.fusion_blocks))
+            x = txt if rows is None else rows.pack(txt)
             for i, blk in enumerate(self.fusion_blocks):
                 x = blk(x, context=img, mask=mask, is_causal=causal, context_index=img_index,
-                        context_kv=None if img_kv is None else img_kv[i])
-            return self.fusion_norm(x)
+                        context_kv=None if img_kv is None else img_kv[i], rows=rows)
+            return self.fusion_norm(x if rows is None else rows.pad(x))
         if img_index is not None:  # concat: the image positions are part of each row's sequence
             img = img.index_select(0, img_index)
         N = img.shape[1]
