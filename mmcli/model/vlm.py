@@ -167,7 +167,7 @@ class VLM(nn.Module):
         T = ids.shape[1]
         x = self.tok_emb(ids) + self.text_pos[:, :T]
         valid = None if lengths is None else _valid(lengths, T)  # (B, T)
-        mask = None if causal or valid is None else valid[:, None, None, :]  # (B, 1, 1, T), as _key_mask
+        mask = None if causal or valid is None else valid[:, None, None, :]  # (B, 1, 1, T), True = may attend
         rows = self._real_rows(valid, self.text_blocks)
         if rows is not None:
             x = rows.pack(x)  # (n, D)
@@ -203,10 +203,10 @@ class VLM(nn.Module):
             raise ValueError("late fusion has no token-level fusion")
         B, T, _ = txt.shape
         if self.cfg.fusion == "cross":
-            mask = None if causal else _key_mask(lengths, T)
+            valid = None if causal or lengths is None else _valid(lengths, T)  # (B, T)
+            mask = None if valid is None else valid[:, None, None, :]  # (B, 1, 1, T), True = may attend
             # (texts with lengths, as VQA's and ITM's: the layers on the real positions alone, as encode_text's)
-            rows = (None if causal or lengths is None or not self.pack_fusion
-                    else self._real_rows(_valid(lengths, T), self.fusion_blocks))
+            rows = self._real_rows(valid, self.fusion_blocks) if self.pack_fusion else None
             x = txt if rows is None else rows.pack(txt)
             for i, blk in enumerate(self.fusion_blocks):
                 x = blk(x, context=img, mask=mask, is_causal=causal, context_index=img_index,
@@ -365,13 +365,6 @@ class VLM(nn.Module):
 def _valid(lengths: torch.Tensor, T: int) -> torch.Tensor:
     """(B,) lengths -> (B, T) bool, True at real tokens."""
     return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def _key_mask(lengths: torch.Tensor | None, T: int) -> torch.Tensor | None:
-    """Bidirectional attention over right-padded text: (B, 1, 1, T), True = may attend."""
-    if lengths is None:
-        return None
-    return _valid(lengths, T)[:, None, None, :]
 
 
 def _concat_mask(N: int, T: int, lengths: torch.Tensor | None, causal: bool, device) -> torch.Tensor:
