@@ -171,6 +171,34 @@ def threshold_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return x * ((bits & 0x7FFF) < keep) * (32768 / keep)
 
 
+def interleaved(fns: dict, rounds: int) -> dict:
+    """Each of ``fns`` (key -> callable) run once a round, the order reversed every other round, after
+    one warm-up round: key -> its ``rounds`` times in seconds."""
+    times = {k: [] for k in fns}
+    for r in range(rounds + 1):
+        for k in list(fns) if r % 2 else list(fns)[::-1]:
+            t0 = time.perf_counter()
+            fns[k]()
+            if r:
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def ratios(slow: list[float], fast: list[float]) -> str:
+    """The per-round ratios slow / fast: their median, min and max."""
+    r = [a / b for a, b in zip(slow, fast)]
+    return f"{statistics.median(r):.2f}x (min {min(r):.2f}, max {max(r):.2f})"
+
+
+def flops_of(fn) -> int:
+    """The FLOPs ``fn()`` runs (torch's FlopCounterMode, forward and backward alike)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def ablate(args) -> None:
     """mmcli's bf16 step (autocast, torch's dropout) against variants not kept, on copies of one model;
     each round runs one step of every variant, the order alternating."""
@@ -193,15 +221,12 @@ def ablate(args) -> None:
     batch16 = SimpleNamespace(**{**vars(batch), "images": batch.images.to(torch.bfloat16)})
     autocast = SimpleNamespace(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     plain = SimpleNamespace(autocast=nullcontext)
-    times = {k: [] for k in models}
-    for r in range(args.ablate + 1):  # round 0 warms every variant up
-        for name in list(models) if r % 2 else list(models)[::-1]:
-            m = models[name].train()
-            weights16 = name.startswith("bf16 weights")
-            t0 = time.perf_counter()
-            step(m, opts[name], batch16 if weights16 else batch, plain if weights16 else autocast, 0.1)
-            if r:
-                times[name].append(time.perf_counter() - t0)
+    def one(name):
+        weights16 = name.startswith("bf16 weights")
+        return lambda: step(models[name].train(), opts[name], batch16 if weights16 else batch,
+                            plain if weights16 else autocast, 0.1)
+
+    times = interleaved({name: one(name) for name in models}, args.ablate)
     base = next(iter(models))
     print(f"{args.ablate} rounds, {5 * args.images} captions a step, dropout {args.dropout}, "
           f"threads {torch.get_num_threads()}")
@@ -222,8 +247,6 @@ def frozen(args) -> None:
     the projection."""
     import copy
 
-    from torch.utils.flop_counter import FlopCounterMode
-
     from mmcli.model.vlm import VLM
     from mmcli.train import caption_loss, param_groups
 
@@ -239,21 +262,17 @@ def frozen(args) -> None:
     session = SimpleNamespace(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     variants = [(name, share) for name in models for share in (True, False)]
     label = {(n, sh): n + ("" if sh else ", kv per bucket") for n, sh in variants}
-    flops = {}
-    for name, share in variants:
+    def loss(name, share):
         VLM.share_image_kv = share
-        with FlopCounterMode(display=False) as counter:
-            caption_loss(models[name], batches[name], session, 0.1).backward()
+        caption_loss(models[name], batches[name], session, 0.1).backward()
         models[name].zero_grad(set_to_none=True)
-        flops[name, share] = counter.get_total_flops()
-    times = {v: [] for v in variants}
-    for r in range(args.frozen + 1):  # round 0 warms every variant up
-        for name, share in variants if r % 2 else variants[::-1]:
-            VLM.share_image_kv = share
-            t0 = time.perf_counter()
-            step(models[name], opts[name], batches[name], session, 0.1)
-            if r:
-                times[name, share].append(time.perf_counter() - t0)
+
+    def train_step(name, share):
+        VLM.share_image_kv = share
+        step(models[name], opts[name], batches[name], session, 0.1)
+
+    flops = {v: flops_of(lambda v=v: loss(*v)) for v in variants}
+    times = interleaved({v: lambda v=v: train_step(*v) for v in variants}, args.frozen)
     VLM.share_image_kv = True
     n_cap = 5 * args.images
     print(f"{args.frozen} rounds, bf16, {args.images} images and {n_cap} captions a step "
@@ -262,17 +281,13 @@ def frozen(args) -> None:
     for v in variants:
         med = statistics.median(times[v])
         print(f"{label[v]:32s} {flops[v] / 1e9:7.1f} {med:9.3f} {n_cap / med:11.1f} {flops[v] / 1e9 / med:8.1f}")
-
-    def ratio(a, b):
-        r = [x / y for x, y in zip(times[a], times[b])]
-        return f"{statistics.median(r):.2f}x (min {min(r):.2f}, max {max(r):.2f})"
-
     for share in (True, False):
         a, b = ("full", share), ("frozen + cached", share)
         print(f"full / frozen + cached{'' if share else ', kv per bucket'}: FLOPs {flops[a] / flops[b]:.2f}x (the "
-              f"speed-up caching gives when both run at one FLOP rate), time {ratio(a, b)}")
+              f"speed-up caching gives when both run at one FLOP rate), time {ratios(times[a], times[b])}")
     for name in models:
-        print(f"{name}: keys and values shared by the buckets against per bucket: time {ratio((name, False), (name, True))}")
+        print(f"{name}: keys and values shared by the buckets against per bucket: time "
+              f"{ratios(times[name, False], times[name, True])}")
 
 
 def itm(args) -> None:
@@ -280,8 +295,6 @@ def itm(args) -> None:
     bf16): the B pairs, each image with a wrong caption and each caption with a wrong image, 3B rows,
     the captions padded to the longest as the collate pads them; the image tokens come encoded. The
     fusion layers on the captions' real tokens alone against the padded batch (``VLM.pack_fusion``)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from mmcli.losses import itm_loss
     from mmcli.model.vlm import VLM
 
@@ -298,34 +311,22 @@ def itm(args) -> None:
     ids, lengths = torch.cat([text, text[wrong_text], text]), torch.cat([lens, lens[wrong_text], lens])
     labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long()
 
-    def run():
+    def run(packed):
+        VLM.pack_fusion = packed
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model.itm_logits(imgs, ids, lengths)
         itm_loss(logits.float(), labels).backward()
 
     names = {True: "fusion on the real tokens", False: "fusion padded"}
-    flops = {}
-    for packed in names:
-        VLM.pack_fusion = packed
-        with FlopCounterMode(display=False) as counter:
-            run()
-        flops[packed] = counter.get_total_flops()
-    times = {k: [] for k in names}
-    for r in range(args.itm + 1):  # round 0 warms both up
-        for packed in (True, False) if r % 2 else (False, True):
-            VLM.pack_fusion = packed
-            t0 = time.perf_counter()
-            run()
-            if r:
-                times[packed].append(time.perf_counter() - t0)
+    flops = {packed: flops_of(lambda p=packed: run(p)) for packed in names}
+    times = interleaved({packed: lambda p=packed: run(p) for packed in names}, args.itm)
     VLM.pack_fusion = True
     print(f"{args.itm} rounds, bf16, ITM on {B} pairs ({3 * B} rows; captions of {float(lens.float().mean()):.1f} "
           f"tokens padded to {text.shape[1]}), dropout {args.dropout}, threads {torch.get_num_threads()}")
     for packed, name in names.items():
         print(f"{name:26s} {flops[packed] / 1e9:6.1f} GFLOP  median {statistics.median(times[packed]) * 1e3:7.1f} ms")
-    r = [a / b for a, b in zip(times[False], times[True])]
-    print(f"on the real tokens against padded: {statistics.median(r):.2f}x (min {min(r):.2f}, max {max(r):.2f})")
+    print(f"on the real tokens against padded: {ratios(times[False], times[True])}")
 
 
 if __name__ == "__main__":
