@@ -7,9 +7,10 @@ The switches are ``VLM`` class attributes that exist for ablations: ``pack_text`
 the real tokens alone, ``VLM.encode_text``), ``fold_cross_attention`` (greedy decoding's folded
 cross-attention), ``share_image_kv`` (the LM loss's length buckets share the images' keys and
 values, ``VLM.image_kv``) and ``pack_fusion`` (the cross-attention fusion layers of VQA's and ITM's
-texts on the real tokens alone, ``VLM.fuse``). After the command, one line on stderr gives the seconds spent in the training
-loop's parts, summed over the run: the losses' forward passes (``train._batch_loss``), ``backward``,
-the optimizer steps (``train._optimizer_step``) and validation (``train.validate``). The whole-run
+texts on the real tokens alone, ``VLM.fuse``). After the command, one line on stderr gives the seconds
+spent in the training loop's parts, summed over the run: the losses' forward passes
+(``train._batch_loss``), ``backward``, the optimizer steps (``train._optimizer_step``) and validation
+(``train.validate``). The whole-run
 comparisons in BENCHMARKS.md alternate the two commands (with and without the switch) on the same
 seed, each into its own ``--out``.
 """

@@ -221,6 +221,7 @@ def ablate(args) -> None:
     batch16 = SimpleNamespace(**{**vars(batch), "images": batch.images.to(torch.bfloat16)})
     autocast = SimpleNamespace(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     plain = SimpleNamespace(autocast=nullcontext)
+
     def one(name):
         weights16 = name.startswith("bf16 weights")
         return lambda: step(models[name].train(), opts[name], batch16 if weights16 else batch,
@@ -262,6 +263,7 @@ def frozen(args) -> None:
     session = SimpleNamespace(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     variants = [(name, share) for name in models for share in (True, False)]
     label = {(n, sh): n + ("" if sh else ", kv per bucket") for n, sh in variants}
+
     def loss(name, share):
         VLM.share_image_kv = share
         caption_loss(models[name], batches[name], session, 0.1).backward()

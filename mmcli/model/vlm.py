@@ -143,6 +143,9 @@ class VLM(nn.Module):
     # False: the cross-attention fusion layers of texts with lengths (VQA, ITM) run on the padded batch
     # (the ablation of benchmarks/profile_caption_step.py --itm and benchmarks/ablate.py pack_fusion=0)
     pack_fusion = True
+    # False: image_kv gives None, so each call projects the images' keys and values again (the ablation of
+    # benchmarks/profile_caption_step.py --frozen and benchmarks/ablate.py share_image_kv=0)
+    share_image_kv = True
 
     # ------------------------------------------------------------------ towers
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -246,10 +249,6 @@ class VLM(nn.Module):
         if self.cfg.fusion != "cross" or not self.share_image_kv:
             return None
         return [blk.cross_attn.context_kv(img) for blk in self.fusion_blocks]
-
-    # False: image_kv gives None, so each call projects the images' keys and values again (the ablation of
-    # benchmarks/profile_caption_step.py --frozen and benchmarks/ablate.py share_image_kv=0)
-    share_image_kv = True
 
     def understand(self, img: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
                    img_index: torch.Tensor | None = None) -> torch.Tensor:
