@@ -14,6 +14,8 @@
 # 4. and 5. The same two at batch 32 for half the steps (the same images seen), the frozen one at twice
 #    the learning rate: a frozen, cached step costs little more with twice the images (the question's
 #    text layer, most of it, sees about as many distinct questions).
+# 6. The frozen batch-32 run with a trainable MLP adapter on the cached tokens (--model image_adapter=256:
+#    a residual MLP beside the linear projection, starting at zero).
 #
 # The numbers, with the date and the machine, are in RESULTS.md ("easy-VQA").
 set -euo pipefail
@@ -31,3 +33,6 @@ mmcli finetune --task vqa --init "$PRETRAIN_RUN" --freeze-backbone --feature-cac
   --batch-size 32 --max-steps 425 --eval-every 425 --lr 6e-4 --out "runs/easyvqa-frozen-b32-s$SEED"
 mmcli finetune --task vqa --init "$PRETRAIN_RUN" --seed "$SEED" --batch-size 32 --max-steps 425 --eval-every 425 \
   --out "runs/easyvqa-full-b32-s$SEED"
+mmcli finetune --task vqa --init "$PRETRAIN_RUN" --freeze-backbone --feature-cache --seed "$SEED" \
+  --batch-size 32 --max-steps 425 --eval-every 425 --lr 6e-4 --model image_adapter=256 \
+  --out "runs/easyvqa-frozen-b32-a256-s$SEED"

@@ -49,6 +49,9 @@ class ModelConfig:
     n_answers: int = 0  # VQA classifier size (0: no VQA head)
     embed_dim: int = 256  # ITC projection size
     image_pool: str = "attn"  # attn | mean: how the pooled image embedding is made
+    # hidden width of a residual MLP on the backbone's tokens beside the linear projection (0: none), for a
+    # frozen backbone: a trainable non-linearity on each cached token (its output layer starts at zero)
+    image_adapter: int = 0
 
     def __post_init__(self):
         if self.fusion not in FUSIONS:
@@ -57,6 +60,8 @@ class ModelConfig:
             raise UserError(f"model width {self.dim} is not divisible by {self.heads} heads")
         if self.image_pool not in ("attn", "mean"):
             raise UserError(f"unknown image pooling {self.image_pool!r}; choose attn or mean")
+        if self.image_adapter < 0:
+            raise UserError(f"image_adapter must not be negative, got {self.image_adapter}")
         if self.drop_stages < 0:
             raise UserError(f"drop_stages must not be negative, got {self.drop_stages}")
         for name in ("dim", "heads", "vocab_size", "max_text_len", "image_size", "embed_dim"):

@@ -162,10 +162,12 @@ class TrainConfig:
         if self.feature_cache and self.augment != "none":
             raise UserError(f"--feature-cache stores each image's features under the eval transform once; "
                             f"--augment {self.augment} would need new ones every epoch: leave one of them out")
-        if self.init is not None and self.model and self.resume is None:
+        fixed = {k: v for k, v in self.model.items() if k not in INIT_ADDS}
+        if self.init is not None and fixed and self.resume is None:
             # (a run resumed with init may carry overrides saved before this check: model_config ignores them)
-            raise UserError(f"--model {_overrides(self.model)} cannot be combined with --init: the init run fixes "
-                            "the model (its ModelConfig and weights); leave --model out")
+            raise UserError(f"--model {_overrides(fixed)} cannot be combined with --init: the init run fixes "
+                            f"the model (its ModelConfig and weights); leave --model out, or give only "
+                            f"{', '.join(INIT_ADDS)} (new layers on top of the init run's)")
 
     def objective_weights(self) -> dict[str, float]:
         """Pretraining objective -> weight (see :func:`parse_objectives`)."""
@@ -235,6 +237,11 @@ def parse_objectives(spec: str) -> dict[str, float]:
     return weights
 
 
+# ModelConfig fields --model may give with --init: they add new layers (starting as the identity) to the
+# init run's model, whose other fields and weights stay as they are
+INIT_ADDS = ("image_adapter",)
+
+
 def init_checkpoint(init: str | os.PathLike) -> Path:
     """The checkpoint ``--init`` names: RUN/best, else RUN/last, or a checkpoint directory itself."""
     p = Path(init)
@@ -270,6 +277,8 @@ def _init_model_config(cfg: TrainConfig, sizes: dict):
     if cfg.max_text_len > mc.max_text_len:
         raise UserError(f"max_text_len {cfg.max_text_len} is longer than the --init model's "
                         f"{mc.max_text_len} ({where}); use at most {mc.max_text_len}")
+    if cfg.resume is None:  # new layers over the init run's model (a resumed run's config has them already)
+        mc = replace(mc, **{k: v for k, v in cfg.model.items() if k in INIT_ADDS})
     # the backbone weights come with the checkpoint: no hub download, no local file needed
     return replace(mc, pretrained=False, backbone_weights=None, **sizes)
 
@@ -656,7 +665,7 @@ def _load_init(model: torch.nn.Module, ckpt) -> None:
     run's: this run's head starts fresh); anything else missing or extra is an error."""
     keep = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("vqa_head.")}
     missing, unexpected = replace(ckpt, state_dict=keep).load_into(model, strict=False)
-    missing = [k for k in missing if not k.startswith("vqa_head.")]
+    missing = [k for k in missing if not k.startswith(("vqa_head.", "vision.adapter."))]
     if missing or unexpected:
         from .errors import examples
 

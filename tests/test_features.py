@@ -51,16 +51,19 @@ def test_frozen_backbone_keeps_its_weights_and_the_rest_learns():
     assert saved["model"]["freeze_backbone"] is True and saved["train"]["freeze_backbone"] is True
 
 
-def test_feature_cache_trains_as_the_frozen_backbone_does(capsys):
+@pytest.mark.parametrize("model", [{}, {"image_adapter": 16}], ids=["projection", "adapter"])
+def test_feature_cache_trains_as_the_frozen_backbone_does(capsys, model):
     """With the cache the steps see the same tokens (stored in bf16) as the frozen backbone computes:
-    the loss curves agree to bf16 rounding; a second run reuses the cache instead of building it."""
-    plain = losses(cfg(freeze_backbone=True, out="plain"))
+    the loss curves agree to bf16 rounding; a second run reuses the cache instead of building it. The
+    image adapter (a residual MLP over the tokens, trained) takes cached tokens as the backbone's."""
+    plain = losses(cfg(freeze_backbone=True, out="plain", model=model))
     capsys.readouterr()
-    cached = losses(cfg(freeze_backbone=True, feature_cache=True, out="cached"))
+    cached = losses(cfg(freeze_backbone=True, feature_cache=True, out="cached", model=model))
     err = capsys.readouterr().err
     assert "feature cache" in err and "built (40 images)" in err
     assert cached == pytest.approx(plain, rel=2e-2), (cached, plain)
-    again = losses(cfg(freeze_backbone=True, feature_cache=True, out="again"))
+    assert sum(cached[-5:]) < sum(cached[:5]), cached
+    again = losses(cfg(freeze_backbone=True, feature_cache=True, out="again", model=model))
     assert "reusing it (40 images)" in capsys.readouterr().err
     assert again == cached  # the same stored features, the same seed: the same run
 

@@ -264,3 +264,30 @@ def test_grouped_pretrain_and_retrieval_learn(task, objectives):
     if objectives != "itm":  # (ITM alone sits at its prior for longer than this: test_itm_alone_learns)
         assert curve[-1] < 0.9 * curve[0], curve
     assert json.loads(Path("pt/config.json").read_text())["train"]["group_captions"] is True
+
+
+def test_init_with_an_image_adapter_starts_as_the_init_model_and_trains_it(pretrained):
+    """``--model image_adapter=N`` may join --init: a residual MLP on the backbone's tokens whose output
+    layer starts at zero, so the new model begins as the init run's; training then moves it."""
+    from mmcli.checkpoint import load_checkpoint
+
+    init = load_checkpoint(pretrained / "best")
+    c = cfg(task="vqa", out="ad", init=str(pretrained), model={"image_adapter": 16}, max_steps=3, eval_every=3)
+    s = train._build(c, train._open_run(c, Path(c.out)), torch.device("cpu"), None)
+    assert s.model.cfg.image_adapter == 16 and s.model.cfg.fusion == init.config["model"]["fusion"]
+    plain = cfg(task="vqa", out="plain", init=str(pretrained))
+    p = train._build(plain, train._open_run(plain, Path(plain.out)), torch.device("cpu"), None)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(s.model.vision(images), p.model.vision(images))
+    result = fit(c)
+    assert result.steps == 3
+    from mmcli.model.vlm import load_model
+
+    model, ckpt = load_model("ad/best")
+    assert ckpt.config["model"]["image_adapter"] == 16
+    assert model.vision.adapter[-1].weight.abs().sum() > 0  # trained away from its zero start
+    with pytest.raises(UserError, match="--model dropout=0.1 cannot be combined with --init.*image_adapter"):
+        cfg(task="vqa", init=str(pretrained), model={"image_adapter": 16, "dropout": 0.1})
+    with pytest.raises(UserError, match="image_adapter must not be negative"):
+        fit(cfg(task="vqa", out="neg", init=str(pretrained), model={"image_adapter": -1}))

@@ -56,7 +56,7 @@ class VisionTower(nn.Module):
 
     def __init__(self, name: str, dim: int, image_size: int, pretrained: bool = False,
                  weights: str | os.PathLike | None = None, freeze: bool = False, drop_stages: int = 0,
-                 args: dict | None = None):
+                 args: dict | None = None, adapter: int = 0):
         super().__init__()
         if pretrained and weights is not None:
             raise UserError(f"backbone {name}: choose timm's pretrained weights or a local weights file "
@@ -79,6 +79,9 @@ class VisionTower(nn.Module):
         # by mmcli's attention rule (mmcli.model.transformer.resolve_attention_impl)
         self._timm_attention = [m for m in self.backbone.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
         self.proj = nn.Linear(self.feature_dim, dim)
+        # (ModelConfig.image_adapter) a residual MLP beside the projection; VLM zeroes its output layer
+        self.adapter = (nn.Sequential(nn.Linear(self.feature_dim, adapter), nn.GELU(), nn.Linear(adapter, dim))
+                        if adapter else None)
         self.norm = nn.LayerNorm(dim)
         self._flops: int | None = None
         if self.frozen:
@@ -91,7 +94,10 @@ class VisionTower(nn.Module):
         (B, N, C) input is taken as the backbone's features already computed (a frozen backbone's,
         from ``mmcli.data.features.FeatureCache``): only the projection runs."""
         feats = images if images.ndim == 3 else self.features(images)
-        return self.norm(self.proj(feats))
+        x = self.proj(feats)
+        if self.adapter is not None:
+            x = x + self.adapter(feats)
+        return self.norm(x)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's unprojected tokens (B, N, C)."""

@@ -66,7 +66,7 @@ class VLM(nn.Module):
         D = cfg.dim
         self.vision = VisionTower(
             cfg.backbone, D, cfg.image_size, pretrained=cfg.pretrained, weights=cfg.backbone_weights, freeze=cfg.freeze_backbone,
-            drop_stages=cfg.drop_stages, args=cfg.backbone_args,
+            drop_stages=cfg.drop_stages, args=cfg.backbone_args, adapter=cfg.image_adapter,
         )
         n_img = self.vision.num_tokens
         self.image_pos = nn.Parameter(torch.zeros(1, n_img, D))  # CNN tokens carry no position of their own
@@ -123,6 +123,8 @@ class VLM(nn.Module):
                 if isinstance(m, nn.LayerNorm):
                     m.weight.fill_(1.0)
                     m.bias.zero_()
+            if self.vision.adapter is not None:  # starts as the projection alone (an --init run's model)
+                self.vision.adapter[-1].weight.zero_()
 
     def compile_layers(self, mode: str | None = None) -> None:
         """``torch.compile`` the image tower and every Transformer block in place (``nn.Module.compile``:
