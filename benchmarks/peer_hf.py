@@ -31,6 +31,7 @@ the share of the CPU that other processes used while the phase ran: rerun when i
     python benchmarks/peer_hf.py --phases train_bf16,greedy_bf16 --rounds 7
     python benchmarks/peer_hf.py --device cuda          # on a GPU (bf16 autocast / weights there too)
     python benchmarks/peer_hf.py --json out.json        # also the raw timings
+    python benchmarks/peer_hf.py --phases train_bf16 --compile --profile 3   # and where each step's time goes
 """
 
 from __future__ import annotations
@@ -331,8 +332,28 @@ def run(a) -> dict:
             ceilings["fp32"].append(matmul_ceiling(torch.float32, device))
             ceilings["bf16"].append(matmul_ceiling(torch.bfloat16, device))
         print(f"round {r + 1}/{a.warmup + a.rounds}{' (warm-up)' if r < a.warmup else ''} done", file=sys.stderr)
+    if a.profile:
+        profile(a, phases, device)
     return {"times": times, "ceilings": ceilings, "cpu_other": {p: s.share for p, s in shares.items()},
             "flops": model_flops(a)}
+
+
+def profile(a, phases: dict, device) -> None:
+    """``--profile N``: after the timed rounds, torch.profiler over N more calls of each contender of
+    each phase; its ops by self time, per call. Compiled code shows as "CompiledFxGraph" rows: inductor's
+    own kernels (fused element-wise work), the products it calls staying aten's."""
+    for p, fns in phases.items():
+        for name, fn in fns.items():
+            with torch.profiler.profile() as prof:
+                for _ in range(a.profile):
+                    fn()
+                sync(device)
+            ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            total = sum(e.self_cpu_time_total for e in ops) / a.profile / 1e3
+            print(f"\n{p}, {name}: {total:.1f} ms of self time a call (mean of {a.profile}); the top ops:")
+            for e in ops[:12]:
+                ms = e.self_cpu_time_total / a.profile / 1e3
+                print(f"  {ms:8.1f} ms  {100 * ms / total:5.1f}%  {e.count // a.profile:5d} calls  {e.key[:70]}")
 
 
 def report(a, res: dict) -> list[dict]:
@@ -432,6 +453,9 @@ def main() -> None:
     ap.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                     help="torch.compile's mode for --compile (max-autotune: inductor picks among its own GEMM "
                          "kernels too, which can take the bias and activation into the product; slow to compile).")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="After the timing, profile N more calls of each contender of each phase and print "
+                         "its most expensive ops (torch.profiler, self time a call).")
     ap.add_argument("--json", help="Also write the rows and raw timings to this file.")
     a = ap.parse_args()
     a.phases = [p for p in a.phases.split(",") if p]
