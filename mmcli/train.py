@@ -238,8 +238,9 @@ def parse_objectives(spec: str) -> dict[str, float]:
 
 
 # ModelConfig fields --model may give with --init: they add new layers (starting as the identity) to the
-# init run's model, whose other fields and weights stay as they are
-INIT_ADDS = ("image_adapter",)
+# init run's model, whose other fields and weights stay as they are; each with its layers' parameter names,
+# which the init checkpoint may lack
+INIT_ADDS = {"image_adapter": "vision.adapter."}
 
 
 def init_checkpoint(init: str | os.PathLike) -> Path:
@@ -665,7 +666,7 @@ def _load_init(model: torch.nn.Module, ckpt) -> None:
     run's: this run's head starts fresh); anything else missing or extra is an error."""
     keep = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("vqa_head.")}
     missing, unexpected = replace(ckpt, state_dict=keep).load_into(model, strict=False)
-    missing = [k for k in missing if not k.startswith(("vqa_head.", "vision.adapter."))]
+    missing = [k for k in missing if not k.startswith(("vqa_head.", *INIT_ADDS.values()))]
     if missing or unexpected:
         from .errors import examples
 
