@@ -3,14 +3,15 @@
     python benchmarks/ablate.py pack_text=0 -- finetune --task vqa --out runs/ab-padded ...
     python benchmarks/ablate.py -- finetune --task vqa --out runs/ab-packed ...   # nothing turned off
 
-The switches are ``VLM`` class attributes that exist for ablations: ``pack_text`` (the text layers on
-the real tokens alone, ``VLM.encode_text``), ``fold_cross_attention`` (greedy decoding's folded
+The switches are class attributes that exist for ablations: of ``VLM``, ``pack_text`` (the text layers
+on the real tokens alone, ``VLM.encode_text``), ``fold_cross_attention`` (greedy decoding's folded
 cross-attention), ``share_image_kv`` (the LM loss's length buckets share the images' keys and
 values, ``VLM.image_kv``) and ``pack_fusion`` (the cross-attention fusion layers of VQA's and ITM's
-texts on the real tokens alone, ``VLM.fuse``). After the command, one line on stderr gives the seconds
-spent in the training loop's parts, summed over the run: the losses' forward passes
-(``train._batch_loss``), ``backward``, the optimizer steps (``train._optimizer_step``) and validation
-(``train.validate``). The whole-run
+texts on the real tokens alone, ``VLM.fuse``); of ``Attention``, ``fold_context`` (a cross-attention
+without a cache folded where that takes far fewer FLOPs, ``Attention.fold_pays``). After the command,
+one line on stderr gives the seconds spent in the training loop's parts, summed over the run: the
+losses' forward passes (``train._batch_loss``), ``backward``, the optimizer steps
+(``train._optimizer_step``) and validation (``train.validate``). The whole-run
 comparisons in BENCHMARKS.md alternate the two commands (with and without the switch) on the same
 seed, each into its own ``--out``.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SWITCHES = ("pack_text", "fold_cross_attention", "share_image_kv", "pack_fusion")
+SWITCHES = ("pack_text", "fold_cross_attention", "share_image_kv", "pack_fusion", "fold_context")
 
 
 def main(argv: list[str]) -> int:
@@ -38,15 +39,17 @@ def main(argv: list[str]) -> int:
 
     from mmcli import train
     from mmcli.cli import main as mmcli_main
+    from mmcli.model.transformer import Attention
     from mmcli.model.vlm import VLM
 
+    owner = {name: Attention if name == "fold_context" else VLM for name in SWITCHES}
     for setting in settings:
         name, _, value = setting.partition("=")
         if name not in SWITCHES or value not in ("0", "1"):
             print(f"ablate.py: {setting!r}: give SWITCH=0 or SWITCH=1, SWITCH one of {', '.join(SWITCHES)}",
                   file=sys.stderr)
             return 2
-        setattr(VLM, name, value == "1")
+        setattr(owner[name], name, value == "1")
 
     spent = {"forward (losses)": 0.0, "backward": 0.0, "optimizer": 0.0, "validation": 0.0}
 
@@ -63,7 +66,7 @@ def main(argv: list[str]) -> int:
     train._optimizer_step = timed(train._optimizer_step, "optimizer")
     train.validate = timed(train.validate, "validation")
     torch.Tensor.backward = timed(torch.Tensor.backward, "backward")
-    on = {name: getattr(VLM, name) for name in SWITCHES}
+    on = {name: getattr(owner[name], name) for name in SWITCHES}
     atexit.register(lambda: print(f"ablate.py {on}: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()),
                                   file=sys.stderr))
     return mmcli_main(command)

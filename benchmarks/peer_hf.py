@@ -12,7 +12,10 @@ warm-up rounds, it times:
   AdamW step) in fp32 and under bf16 autocast; the Hugging Face side is what its Trainer does
   (the model's own loss, autocast, fused AdamW on torch >= 2.8); the mmcli side is what
   ``mmcli finetune`` does (``mmcli.train.caption_loss``, the trainer's optimizer, and on a CPU
-  oneDNN's linear layers, mmcli/model/packed.py; ``--no-pack`` for the ablation without them);
+  oneDNN's linear layers, mmcli/model/packed.py; ``--no-pack`` for the ablation without them; the
+  cross-attention folded onto the image, which takes fewer FLOPs at this shape, Attention.fold_pays;
+  ``--ablate-train-fold`` also times, in the same rounds, the same step with each layer's keys and
+  values of the image projected);
 * ``greedy_fp32`` / ``greedy_bf16``: greedy generation of 20 tokens for the batch, KV cache on
   both sides, end-of-sequence disabled (both emit 20 tokens); mmcli's model is loaded as
   ``mmcli caption`` loads it (``mmcli.load``: eval mode, on a CPU oneDNN's prepacked linear
@@ -139,6 +142,17 @@ def mmcli_train_step(model, opt, batch, dtype: torch.dtype | None) -> None:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+
+
+def unfolded(fn) -> None:
+    """fn() with every cross-attention projecting its context's keys and values (``--ablate-train-fold``)."""
+    from mmcli.model.transformer import Attention
+
+    Attention.fold_context = False
+    try:
+        fn()
+    finally:
+        Attention.fold_context = True
 
 
 def hf_train_step(model, opt, b, bf16: bool) -> None:
@@ -291,6 +305,8 @@ def contenders(a, device, mm, hf, gen, b):
         fns = {"mmcli": lambda: mmcli_train_step(mm, opt_mm, b, dtype), "hf": lambda: hf_train_step(hf, opt_hf, b, bf16)}
         if compiled is not None:
             fns["mmcli --compile"] = lambda: mmcli_train_step(compiled, opt_c, b, dtype)
+        if a.ablate_train_fold:
+            fns["mmcli unfolded"] = lambda: unfolded(lambda: mmcli_train_step(mm, opt_mm, b, dtype))
         return fns
 
     def generate(beam, bf16):
@@ -368,6 +384,9 @@ def report(a, res: dict) -> list[dict]:
             rows.append(_row(a, res, p, (mm_name, by_name[mm_name]), (hf_name, by_name[hf_name])))
             for other in hf_names:
                 rows[-1][f"{other} per s"] = a.batch / statistics.median(by_name[other])
+            if mm_name == "mmcli unfolded":  # the fold's gain: mmcli's step against this one, per round
+                gains = [u / f for u, f in zip(by_name[mm_name], by_name["mmcli"])]
+                rows[-1].update(fold_gain=statistics.median(gains), fold_gain_min=min(gains), fold_gain_max=max(gains))
     return rows
 
 
@@ -407,6 +426,9 @@ def print_table(a, rows: list[dict], device) -> None:
     for r in ceil:
         print(f"matmul ceiling in {r['phase']} rounds: {r['ceiling_tflops']:.2f} TFLOP/s "
               f"({r['phase'].rsplit('_', 1)[1]}, median of the rounds)")
+    for r in (r for r in rows if "fold_gain" in r):
+        print(f"{r['phase'].split()[0]}: mmcli's step {r['fold_gain']:.2f}x ({r['fold_gain_min']:.2f}-"
+              f"{r['fold_gain_max']:.2f}) as fast as with the cross-attention unfolded, in the same rounds")
     busy = [r["phase"] for r in rows if (r["cpu_other"] or 0) > 0.05]
     if busy:
         print(f"note: other processes used over 5% of the CPU during {', '.join(busy)}: rerun on an idle machine")
@@ -448,6 +470,10 @@ def main() -> None:
     ap.add_argument("--no-fold", dest="fold", action="store_false",
                     help="mmcli's decoding with each layer's keys and values of the image cached, not the "
                          "cross-attention folded onto the image (an ablation; VLM.fold_cross_attention).")
+    ap.add_argument("--ablate-train-fold", action="store_true",
+                    help="Also time mmcli's training step with each cross-attention layer's keys and values of the "
+                         "image projected, not the cross-attention folded onto the image (Attention.fold_context "
+                         "off): the row '(unfolded)', and the fold's gain over it in the same rounds.")
     ap.add_argument("--compile", action="store_true",
                     help="Also time mmcli's training step with its layers compiled (mmcli finetune --compile).")
     ap.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",

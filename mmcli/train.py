@@ -917,7 +917,7 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
     img_kv = None
     if len(buckets) > 1:  # each layer's keys and values of the images projected once for every bucket
         with s.autocast():
-            img_kv = model.image_kv(img)
+            img_kv = model.image_kv(img, n_rows, int(batch.text_len.max()))
     total, n_real = 0.0, 0
     for rows in buckets:
         lens = batch.text_len[rows]

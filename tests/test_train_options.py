@@ -161,6 +161,43 @@ def test_length_buckets_project_the_images_keys_and_values_once(monkeypatch, gro
     assert all(blk.cross_attn.kv.weight.grad is not None for blk in model.fusion_blocks)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_length_buckets_with_the_cross_attention_folded_give_the_projected_loss_and_gradients(monkeypatch, grouped):
+    """Where the cross-attention is folded (Attention.fold_pays), the length buckets project no keys and
+    values of the images at all (VLM.image_kv gives None, each bucket folds: Attention._folded_attend),
+    with the loss and gradients of the projected path."""
+    from mmcli.config import preset
+    from mmcli.model.transformer import Attention
+    from mmcli.model.vlm import VLM
+
+    torch.manual_seed(0)
+    model = VLM(preset("tiny", vocab_size=50, image_size=128)).train()
+    n_img = 3 if grouped else 12
+    lengths = torch.tensor([3, 4, 5, 6, 7, 8, 9, 10, 4, 6, 8, 10])
+    batch = SimpleNamespace(images=torch.randn(n_img, 3, 128, 128), text=torch.randint(3, 50, (12, 10)),
+                            text_len=lengths, text_image=torch.arange(3).repeat_interleave(4) if grouped else None)
+    monkeypatch.setattr(train, "LM_BUCKET_ROWS", 3)  # 4 buckets
+    projected = []
+    for blk in model.fusion_blocks:
+        blk.cross_attn.kv.register_forward_hook(lambda m, args, out: projected.append(args[0].shape[0]))
+
+    def loss_and_grads(fold: bool):
+        monkeypatch.setattr(Attention, "fold_pays", lambda *_: fold)
+        model.zero_grad()
+        loss = train.caption_loss(model, batch, SimpleNamespace(autocast=nullcontext))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(True)
+    assert projected == []  # folded: no layer projected the images' keys and values
+    ref_loss, ref_grads = loss_and_grads(False)
+    assert projected == [n_img] * len(model.fusion_blocks)  # once per layer, shared by the buckets
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
 def test_lm_loss_of_equal_length_pairs_is_the_whole_batch_loss():
     """Pairs of one length in one bucket (the fast path: no gather of rows or positions, the last token
     not fed) give the loss and gradients of the plain forward over the whole batch."""

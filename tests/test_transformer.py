@@ -13,6 +13,7 @@ from mmcli.model.transformer import (
     Block,
     KVCache,
     LayerCache,
+    Rows,
     attend,
     causal_mask,
     get_attention_impl,
@@ -324,10 +325,12 @@ def test_grouped_cross_attention_cache_equals_one_copy_per_row():
 @pytest.mark.parametrize("rows", [1, 3])
 def test_attention_pool_equals_the_attention_layer(rows):
     """Attention.pool (the key and value weights folded into the query and the output) gives the
-    attention layer's output and the same gradients, for one query shared by every context row or
-    one query per row; recording attention weights takes the layer's own path."""
+    attention layer's output with the keys and values projected (fold_context off) and the same
+    gradients, for one query shared by every context row or one query per row; recording attention
+    weights takes the layer's own path."""
     torch.manual_seed(0)
     attn = Attention(32, 4, cross=True)
+    attn.fold_context = False
     nn.init.normal_(attn.kv.bias)  # (a key bias must not change the pooling: the softmax ignores it)
     query = torch.randn(rows, 1, 32, requires_grad=True)
     context = torch.randn(3, 7, 32, requires_grad=True)
@@ -426,3 +429,55 @@ def test_a_block_on_packed_rows_equals_the_padded_block(causal):
     torch.testing.assert_close(out[valid], padded)
     with pytest.raises(ValueError, match="packed rows"):
         block(rows.pack(x), is_causal=True, rows=rows, context=context, cache=KVCache.for_layers(1)[0])
+
+
+@pytest.mark.parametrize("case", ["rows", "context_index", "packed"])
+def test_cross_attention_folded_without_a_cache_gives_the_projected_outputs_and_gradients(case, monkeypatch):
+    """A cross-attention without a cache, folded (Attention._folded_attend, where Attention.fold_pays),
+    attends without projecting the context's keys and values: the outputs and gradients of the projected
+    path, non-zero biases included, with each query row's context picked by context_index, and on packed
+    rows (Rows). The key bias gets a zero gradient: it adds the same number to every score of a row,
+    which the softmax ignores."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4, cross=True).double()
+    for bias in (attn.q.bias, attn.kv.bias, attn.proj.bias):
+        nn.init.normal_(bias)
+    x = torch.randn(3, 5, 32, dtype=torch.double, requires_grad=True)
+    context = torch.randn(2 if case == "context_index" else 3, 7, 32, dtype=torch.double, requires_grad=True)
+    index = torch.tensor([1, 0, 1]) if case == "context_index" else None
+    rows = Rows.of_mask(torch.arange(5) < torch.tensor([[5], [3], [2]])) if case == "packed" else None
+    weights = torch.randn(3, 5, 32, dtype=torch.double)
+    params = [x, context, *attn.parameters()]
+    folded_calls = []
+    real = attn._folded_attend
+    monkeypatch.setattr(attn, "_folded_attend", lambda *a: folded_calls.append(1) or real(*a))
+
+    def run(fold: bool):
+        monkeypatch.setattr(attn, "fold_pays", lambda *_: fold)
+        out = attn(x if rows is None else rows.pack(x), context=context, context_index=index, rows=rows)
+        out = out if rows is None else rows.pad(out)
+        return out, torch.autograd.grad((out * weights).sum(), params)
+
+    folded, g_folded = run(True)
+    assert folded_calls == [1]
+    projected, g_projected = run(False)
+    assert folded_calls == [1]
+    torch.testing.assert_close(folded, projected, rtol=0, atol=1e-12)
+    for a, b in zip(g_folded, g_projected):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    key_bias_grad = next(g for p, g in zip(params, g_folded) if p is attn.kv.bias)[:32]
+    assert key_bias_grad.abs().max() == 0
+
+
+def test_fold_pays_where_it_takes_a_third_of_the_flops():
+    """A cross-attention without a cache folds where that takes at most a third of the FLOPs of projecting
+    the keys and values (FOLD_MARGIN; benchmarks/bench_fold.py): at benchmarks/peer_hf.py's shape (32
+    captions of 20 tokens over 197 image tokens, width 256, 4 heads: 5x fewer), not at the Flickr8k
+    recipe's (five captions of about 16 tokens for each image of 64 tokens), nor with queries of 40 tokens
+    (2.6x fewer, about break-even), and never with fold_context off."""
+    attn = Attention(256, 4, cross=True)
+    assert attn.fold_pays(32, 20, 32, 197) and attn.fold_pays(32, 30, 32, 197)
+    assert not attn.fold_pays(160, 16, 32, 64)
+    assert not attn.fold_pays(32, 40, 32, 197)
+    attn.fold_context = False
+    assert not attn.fold_pays(32, 20, 32, 197)

@@ -60,6 +60,11 @@ def resolve_attention_impl(device_type: str, dtype: torch.dtype, impl: str | Non
     return impl
 
 
+# a cross-attention without a cache is folded (Attention.fold_pays) only where that takes at most
+# 1 / FOLD_MARGIN of the projected path's FLOPs (benchmarks/bench_fold.py: the break-even near 2-2.5x fewer)
+FOLD_MARGIN = 3.0
+
+
 def causal_mask(tq: int, tk: int, device: torch.device | None = None) -> torch.Tensor:
     """(Tq, Tk) bool: query i sits at position Tk - Tq + i and sees keys up to it.
 
@@ -358,9 +363,13 @@ class Attention(nn.Module):
             y = rows.pad(y)
         b, t, _ = y.shape
         d = self.proj.in_features
+        out = None
         if self.cross:
             (q,) = self._split(y, 1)
-            if cache is not None and cache.k is not None:
+            if (cache is None and context_kv is None and context is not None and mask is None and not is_causal
+                    and self.record is None and self.fold_pays(b, t, context.shape[0], context.shape[1])):
+                out = self._folded_attend(q, context, context_index)  # (B, H, T, Dh)
+            elif cache is not None and cache.k is not None:
                 k, v, group = cache.k, cache.v, cache.group  # the image, encoded once per generation
             else:
                 if context is None and context_kv is None:
@@ -374,21 +383,65 @@ class Attention(nn.Module):
             q, k, v = self._split(y, 3)
             if cache is not None:
                 k, v = cache.append(k, v)
-        if group > 1 and self.record is not None:  # (recording wants one row per query row)
-            k, v, group = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0), 1
-        if group > 1:
-            # the query rows of one image side by side: (B / g, H, g * t, Dh) against its one copy of the keys
-            h, dh = q.shape[1], q.shape[3]
-            q = q.reshape(b // group, group, h, t, dh).transpose(1, 2).reshape(b // group, h, group * t, dh)
-        if self.record is not None:
-            self.record.append(attention_probs(q, k, _with_causal(q, k, mask, is_causal, False)[0]).detach())
-        out = attend(q, k, v, mask=mask, is_causal=is_causal)  # (B, H, T, Dh), or (B / g, H, g * T, Dh)
-        if group > 1:
-            out = out.reshape(b // group, h, group, t, dh).transpose(1, 2)  # (B / g, g, H, T, Dh): rows again
+        if out is None:
+            if group > 1 and self.record is not None:  # (recording wants one row per query row)
+                k, v, group = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0), 1
+            if group > 1:
+                # the query rows of one image side by side: (B / g, H, g * t, Dh) against its one copy of the keys
+                h, dh = q.shape[1], q.shape[3]
+                q = q.reshape(b // group, group, h, t, dh).transpose(1, 2).reshape(b // group, h, group * t, dh)
+            if self.record is not None:
+                self.record.append(attention_probs(q, k, _with_causal(q, k, mask, is_causal, False)[0]).detach())
+            out = attend(q, k, v, mask=mask, is_causal=is_causal)  # (B, H, T, Dh), or (B / g, H, g * T, Dh)
+            if group > 1:
+                out = out.reshape(b // group, h, group, t, dh).transpose(1, 2)  # (B / g, g, H, T, Dh): rows again
         out = out.transpose(-3, -2).reshape(b, t, d)  # (B, T, D): heads side by side again
         if rows is not None:
             out = rows.pack(out)
         return self.dropout(self.proj(out))
+
+    # False: a cross-attention without a cache always projects the context's keys and values (the ablation
+    # of benchmarks/peer_hf.py --ablate-train-fold and benchmarks/ablate.py fold_context=0)
+    fold_context = True
+
+    def fold_pays(self, rows: int, t: int, contexts: int, n: int) -> bool:
+        """Whether :meth:`_folded_attend` is the faster path for ``rows`` query rows of ``t`` tokens over
+        ``contexts`` context rows of ``n`` tokens: when it takes at most 1 / ``FOLD_MARGIN`` of the FLOPs of
+        projecting the context's keys and values. Its products are smaller and it gathers the context per
+        query row, so fewer FLOPs alone do not pay: one layer's forward and backward on this CPU
+        (``python benchmarks/bench_fold.py``, bf16; BENCHMARKS.md) ran 1.76x faster folded with 5.0x fewer
+        FLOPs, 1.26x with 3.4x, 1.08x with 2.6x, 0.91x with 1.8x. Folded at benchmarks/peer_hf.py's shape
+        (32 captions of 20 tokens over 197 image tokens each, width 256, 4 heads: 5.0x fewer); not at the
+        Flickr8k recipe's (five captions of about 16 tokens for each image of 64 tokens: 0.93x)."""
+        if not self.fold_context:
+            return False
+        d, h = self.proj.in_features, self.heads
+        unfolded = contexts * n * 2 * d * d + rows * t * n * d  # keys and values, then the two products
+        folded = rows * h * t * n * d + rows * t * d * d  # the two products over the context, D wide a head
+        return folded * FOLD_MARGIN <= unfolded
+
+    def _folded_attend(self, q: torch.Tensor, context: torch.Tensor,
+                       context_index: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``attend`` gives for queries q (B, H, T, Dh) over the context's keys and values, without
+        projecting them (as :meth:`pool`, for T queries): each head's query goes into the context's space,
+        s Wk_h^T q_h (the key bias adds q_h . bk_h to every score of a row, which the softmax ignores), the
+        context (Bc, N, D) is averaged per query and head, and the value weights apply to the averages
+        (sum_j p_j (Wv_h x_j + bv_h) = Wv_h sum_j p_j x_j + bv_h). Two products of H T rows over the
+        context per image instead of its (Bc N, D) x (D, 2 D) projection: fewer FLOPs when H T < D."""
+        b, h, t, dh = q.shape
+        d = h * dh
+        if context_index is not None:
+            context = context.index_select(0, context_index)
+        w = self.kv.weight
+        u = torch.einsum("bhte,hed->bhtd", q * dh**-0.5, w[:d].view(h, dh, d))  # (B, H, T, D)
+        ctx = context.to(u.dtype)
+        s = torch.bmm(u.reshape(b, h * t, d), ctx.transpose(1, 2))  # (B, H T, N): the scores
+        p = s.softmax(-1, dtype=torch.promote_types(s.dtype, torch.float32))  # (in fp32 at least)
+        avg = torch.bmm(p.to(ctx.dtype), ctx).view(b, h, t, d)  # the context averaged per query and head
+        out = torch.einsum("bhtd,hed->bhte", avg, w[d:].view(h, dh, d))  # (B, H, T, Dh)
+        if self.kv.bias is not None:
+            out = out + self.kv.bias[d:].view(h, 1, dh).to(out.dtype)
+        return out
 
     def cache_context(self, context: torch.Tensor, cache: LayerCache, fold=None) -> None:
         """Fill a cross-attention cache from a (B, Tk, D) context ahead of decoding: its keys and values,

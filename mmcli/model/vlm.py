@@ -243,12 +243,15 @@ class VLM(nn.Module):
             h = h[positions]  # (N, D)
         return self.lm_head(h)
 
-    def image_kv(self, img: torch.Tensor) -> list | None:
+    def image_kv(self, img: torch.Tensor, rows: int = 0, t: int = 0) -> list | None:
         """Each cross-attention layer's keys and values of image tokens (B, N, D), projected once for
         several :meth:`lm_logits` calls on the same images (the trainer's length buckets of a batch's
         captions: each bucket used to project every image of the batch again); None unless the fusion
-        is cross-attention."""
+        is cross-attention, and None when the calls' ``rows`` captions of up to ``t`` tokens take fewer
+        FLOPs with the cross-attention folded (:meth:`Attention.fold_pays`): each call then folds it."""
         if self.cfg.fusion != "cross" or not self.share_image_kv:
+            return None
+        if rows and self.fusion_blocks[0].cross_attn.fold_pays(rows, t, img.shape[0], img.shape[1]):
             return None
         return [blk.cross_attn.context_kv(img) for blk in self.fusion_blocks]
 
