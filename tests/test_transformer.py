@@ -474,9 +474,10 @@ def test_fold_pays_where_it_takes_a_third_of_the_flops():
     the keys and values (FOLD_MARGIN; benchmarks/bench_fold.py): at benchmarks/peer_hf.py's shape (32
     captions of 20 tokens over 197 image tokens, width 256, 4 heads: 5x fewer), not at the Flickr8k
     recipe's (five captions of about 16 tokens for each image of 64 tokens), nor with queries of 40 tokens
-    (2.6x fewer, about break-even), and never with fold_context off."""
+    (2.6x fewer, about break-even); on a CPU only (not measured on a GPU), and never with fold_context off."""
     attn = Attention(256, 4, cross=True)
     assert attn.fold_pays(32, 20, 32, 197) and attn.fold_pays(32, 30, 32, 197)
+    assert not attn.fold_pays(32, 20, 32, 197, "cuda")
     assert not attn.fold_pays(160, 16, 32, 64)
     assert not attn.fold_pays(32, 40, 32, 197)
     attn.fold_context = False

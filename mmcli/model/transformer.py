@@ -367,7 +367,8 @@ class Attention(nn.Module):
         if self.cross:
             (q,) = self._split(y, 1)
             if (cache is None and context_kv is None and context is not None and mask is None and not is_causal
-                    and self.record is None and self.fold_pays(b, t, context.shape[0], context.shape[1])):
+                    and self.record is None
+                    and self.fold_pays(b, t, context.shape[0], context.shape[1], context.device.type)):
                 out = self._folded_attend(q, context, context_index)  # (B, H, T, Dh)
             elif cache is not None and cache.k is not None:
                 k, v, group = cache.k, cache.v, cache.group  # the image, encoded once per generation
@@ -404,7 +405,7 @@ class Attention(nn.Module):
     # of benchmarks/peer_hf.py --ablate-train-fold and benchmarks/ablate.py fold_context=0)
     fold_context = True
 
-    def fold_pays(self, rows: int, t: int, contexts: int, n: int) -> bool:
+    def fold_pays(self, rows: int, t: int, contexts: int, n: int, device_type: str = "cpu") -> bool:
         """Whether :meth:`_folded_attend` is the faster path for ``rows`` query rows of ``t`` tokens over
         ``contexts`` context rows of ``n`` tokens: when it takes at most 1 / ``FOLD_MARGIN`` of the FLOPs of
         projecting the context's keys and values. Its products are smaller and it gathers the context per
@@ -412,8 +413,10 @@ class Attention(nn.Module):
         (``python benchmarks/bench_fold.py``, bf16; BENCHMARKS.md) ran 1.76x faster folded with 5.0x fewer
         FLOPs, 1.26x with 3.4x, 1.08x with 2.6x, 0.91x with 1.8x. Folded at benchmarks/peer_hf.py's shape
         (32 captions of 20 tokens over 197 image tokens each, width 256, 4 heads: 5.0x fewer); not at the
-        Flickr8k recipe's (five captions of about 16 tokens for each image of 64 tokens: 0.93x)."""
-        if not self.fold_context:
+        Flickr8k recipe's (five captions of about 16 tokens for each image of 64 tokens: 0.93x). On a
+        CPU only: on a GPU the projected path's attention is SDPA's fused kernel, and the fold is not
+        measured there yet."""
+        if not self.fold_context or device_type != "cpu":
             return False
         d, h = self.proj.in_features, self.heads
         unfolded = contexts * n * 2 * d * d + rows * t * n * d  # keys and values, then the two products

@@ -251,7 +251,7 @@ class VLM(nn.Module):
         FLOPs with the cross-attention folded (:meth:`Attention.fold_pays`): each call then folds it."""
         if self.cfg.fusion != "cross" or not self.share_image_kv:
             return None
-        if rows and self.fusion_blocks[0].cross_attn.fold_pays(rows, t, img.shape[0], img.shape[1]):
+        if rows and self.fusion_blocks[0].cross_attn.fold_pays(rows, t, img.shape[0], img.shape[1], img.device.type):
             return None
         return [blk.cross_attn.context_kv(img) for blk in self.fusion_blocks]
 
