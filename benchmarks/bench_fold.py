@@ -2,6 +2,7 @@
 
     python benchmarks/bench_fold.py
     python benchmarks/bench_fold.py --precision fp32 --rounds 5
+    python benchmarks/bench_fold.py --device cuda     # (mmcli folds on a CPU only: measured there)
 
 For each shape below, one ``Attention(cross=True)`` layer's forward and backward (bf16 autocast by
 default) on random inputs, with ``Attention.fold_context`` on and forced (``_folded_attend``: each
@@ -45,22 +46,25 @@ def median_time(fn, steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=15)
     a = ap.parse_args()
     from mmcli.model.transformer import Attention
 
     torch.manual_seed(0)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.precision == "bf16" else nullcontext
-    print(f"{a.precision}, {torch.get_num_threads()} threads; forward and backward of one cross-attention layer")
+    device = torch.device(a.device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if a.precision == "bf16" else nullcontext
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"{a.precision}, {where}; forward and backward of one cross-attention layer")
     print(f"{'width':>5s} {'heads':>5s} {'tokens':>6s} {'rows':>5s} {'images':>6s} {'query':>5s} "
           f"{'FLOPs, projected / folded':>26s} {'folds':>5s}  speed-up folded (per round)")
     for d, h, n, rows, contexts, t in SHAPES:
-        attn = Attention(d, h, cross=True)
-        x = torch.randn(rows, t, d, requires_grad=True)
-        context = torch.randn(contexts, n, d, requires_grad=True)
-        index = None if rows == contexts else torch.arange(contexts).repeat_interleave(rows // contexts)
-        folds = attn.fold_pays(rows, t, contexts, n)
+        attn = Attention(d, h, cross=True).to(device)
+        x = torch.randn(rows, t, d, device=device, requires_grad=True)
+        context = torch.randn(contexts, n, d, device=device, requires_grad=True)
+        index = None if rows == contexts else torch.arange(contexts, device=device).repeat_interleave(rows // contexts)
+        folds = attn.fold_pays(rows, t, contexts, n, device.type)
         fewer = (contexts * n * 2 * d * d + rows * t * n * d) / (rows * h * t * n * d + rows * t * d * d)
 
         def step(fold: bool) -> None:
@@ -68,6 +72,8 @@ def main() -> None:
             with autocast():
                 y = attn(x, context=context, context_index=index)
             y.float().sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
 
         for fold in (False, True, False, True):  # warm-up
             step(fold)

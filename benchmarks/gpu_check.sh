@@ -5,9 +5,12 @@
 #   2. mmcli against the Hugging Face model of the same shape (benchmarks/peer_hf.py --device cuda):
 #      training fp32/bf16, greedy and beam-3 generation, ratios and MFU;
 #   3. the base preset: bf16 training samples/s and MFU, and greedy generation images/s
-#      (benchmarks/bench_train.py), plus the small preset for scale.
+#      (benchmarks/bench_train.py), plus the small preset for scale;
+#   4. one cross-attention layer folded onto its context or projecting it (benchmarks/bench_fold.py: mmcli
+#      folds on a CPU only, where it was measured).
 # Everything it prints goes to $OUT (default gpu-results/) as well: gpu.txt, tests.txt, peer_hf.txt/json,
-# base.txt. Needs torch with CUDA, timm, transformers and the other packages of `pip install -e '.[test,bench]'`.
+# base.txt, fold.txt. Needs torch with CUDA, timm, transformers and the other packages of
+# `pip install -e '.[test,bench]'`.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-gpu-results}
@@ -23,3 +26,4 @@ python benchmarks/peer_hf.py --device cuda --rounds 7 --warmup 2 --json "$OUT/pe
   done
   echo "== base preset, bf16, full vs frozen backbone vs cached features"; python benchmarks/bench_train.py --preset base --device cuda --precision bf16 --batch 64 --frozen-compare --steps 10
 } 2>&1 | tee "$OUT/base.txt"
+python benchmarks/bench_fold.py --device cuda --rounds 3 2>&1 | tee "$OUT/fold.txt"
