@@ -11,7 +11,9 @@ Pure PyTorch, no mmcli imports. Read it top to bottom:
    and cross-attention of one block), ``KVCache`` (a whole stack of blocks). A
    cross-attention cache holds the context's keys and values, or the context itself
    for the folded form (``Attention.folded_layers``).
-3. ``Attention``, ``MLP`` and the pre-norm residual ``Block``.
+3. ``Attention``, ``MLP`` and the pre-norm residual ``Block``. A cross-attention without a cache
+   attends to its context without projecting the context's keys and values where that takes far
+   fewer FLOPs (``Attention.fold_pays``: training at 197 image tokens and short captions).
 
 Shapes: B batch, T sequence length, D model width, H heads, Dh = D // H head
 width, Tq / Tk the number of queries / keys.
@@ -430,7 +432,8 @@ class Attention(nn.Module):
         s Wk_h^T q_h (the key bias adds q_h . bk_h to every score of a row, which the softmax ignores), the
         context (Bc, N, D) is averaged per query and head, and the value weights apply to the averages
         (sum_j p_j (Wv_h x_j + bv_h) = Wv_h sum_j p_j x_j + bv_h). Two products of H T rows over the
-        context per image instead of its (Bc N, D) x (D, 2 D) projection: fewer FLOPs when H T < D."""
+        context per image instead of its (Bc N, D) x (D, 2 D) projection: fewer FLOPs when H T is well
+        under D (:meth:`fold_pays` decides)."""
         b, h, t, dh = q.shape
         d = h * dh
         if context_index is not None:

@@ -247,8 +247,9 @@ class VLM(nn.Module):
         """Each cross-attention layer's keys and values of image tokens (B, N, D), projected once for
         several :meth:`lm_logits` calls on the same images (the trainer's length buckets of a batch's
         captions: each bucket used to project every image of the batch again); None unless the fusion
-        is cross-attention, and None when the calls' ``rows`` captions of up to ``t`` tokens take fewer
-        FLOPs with the cross-attention folded (:meth:`Attention.fold_pays`): each call then folds it."""
+        is cross-attention, and None where folding the cross-attention pays for the calls' ``rows``
+        captions of up to ``t`` tokens (:meth:`Attention.fold_pays`): each call then folds it and no
+        keys and values are projected at all."""
         if self.cfg.fusion != "cross" or not self.share_image_kv:
             return None
         if rows and self.fusion_blocks[0].cross_attn.fold_pays(rows, t, img.shape[0], img.shape[1], img.device.type):
