@@ -516,23 +516,15 @@ class Attention(nn.Module):
         p_j x_j) + bv_h. So the query goes into the context's space once, the context is averaged once
         per head, and the value weights apply to that average: a D-wide product per image instead of
         the (B N, D) x (D, 2D) projection and its gradient (an attention pool over image tokens:
-        ``python benchmarks/bench_vqa_step.py --compare pool``)."""
+        ``python benchmarks/bench_vqa_step.py --compare pool``): :meth:`_folded_attend` for one query."""
         if not self.cross:
             raise ValueError("pool is an attention over a context: it needs a cross-attention layer")
         if self.record is not None:  # (recording wants the plain path's weights)
             return self(query.expand(context.shape[0], -1, -1), context=context)[:, 0]
         b, _, d = context.shape
-        h = self.heads
-        dh = d // h
-        w = self.kv.weight
-        q = self.q(query).reshape(-1, h, dh) * dh**-0.5  # (1 or B, H, Dh)
-        u = torch.einsum("bhe,hed->bhd", q, w[:d].view(h, dh, d))  # each head's query in the context's space
-        p = torch.matmul(u, context.transpose(1, 2)).softmax(-1, dtype=torch.float32)  # (B, H, N)
-        pooled = torch.matmul(p.to(context.dtype), context)  # (B, H, D): the context averaged per head
-        out = torch.einsum("bhd,hed->bhe", pooled, w[d:].view(h, dh, d)).reshape(b, d)
-        if self.kv.bias is not None:
-            out = out + self.kv.bias[d:]
-        return self.dropout(self.proj(out))
+        q = self.q(query).reshape(-1, self.heads, 1, d // self.heads)  # (1 or B, H, 1, Dh)
+        out = self._folded_attend(q.expand(b, -1, -1, -1), context)  # (B, H, 1, Dh): the fold for one query
+        return self.dropout(self.proj(out.reshape(b, d)))
 
 
 class MLP(nn.Module):
