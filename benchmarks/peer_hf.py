@@ -148,11 +148,11 @@ def unfolded(fn) -> None:
     """fn() with every cross-attention projecting its context's keys and values (``--ablate-train-fold``)."""
     from mmcli.model.transformer import Attention
 
-    Attention.fold_context = False
+    before, Attention.fold_context = Attention.fold_context, False
     try:
         fn()
     finally:
-        Attention.fold_context = True
+        Attention.fold_context = before
 
 
 def hf_train_step(model, opt, b, bf16: bool) -> None:
