@@ -9,7 +9,7 @@ default) on random inputs, with ``Attention.fold_context`` on and forced (``_fol
 head's query taken into the context's space, the context averaged per query and head) and off (the
 context's keys and values projected, then attention), alternating; the median of ``--steps`` calls a
 variant, and of ``--rounds`` such pairs. Beside each speed-up: how many times fewer FLOPs the folded
-path takes (``Attention.fold_pays``'s count) and whether mmcli folds there (``FOLD_MARGIN``).
+path takes (``Attention.fold_flops``, the count ``fold_pays`` weighs) and whether mmcli folds there (``FOLD_MARGIN``).
 Nothing is downloaded.
 """
 
@@ -65,7 +65,8 @@ def main() -> None:
         context = torch.randn(contexts, n, d, device=device, requires_grad=True)
         index = None if rows == contexts else torch.arange(contexts, device=device).repeat_interleave(rows // contexts)
         folds = attn.fold_pays(rows, t, contexts, n, device.type)
-        fewer = (contexts * n * 2 * d * d + rows * t * n * d) / (rows * h * t * n * d + rows * t * d * d)
+        projected, folded = attn.fold_flops(rows, t, contexts, n)
+        fewer = projected / folded
 
         def step(fold: bool) -> None:
             attn.fold_pays = lambda *_: fold  # (this instance: forced either way)

@@ -420,10 +420,18 @@ class Attention(nn.Module):
         measured there yet."""
         if not self.fold_context or device_type != "cpu":
             return False
+        projected, folded = self.fold_flops(rows, t, contexts, n)
+        return folded * FOLD_MARGIN <= projected
+
+    def fold_flops(self, rows: int, t: int, contexts: int, n: int) -> tuple[int, int]:
+        """The multiply-adds that :meth:`fold_pays` weighs, (projected, folded), for ``rows`` query rows of
+        ``t`` tokens over ``contexts`` context rows of ``n`` tokens: the context's keys and values and the
+        two attention products, against the two products over the context, D wide a head, and the value
+        weights applied to the averages."""
         d, h = self.proj.in_features, self.heads
-        unfolded = contexts * n * 2 * d * d + rows * t * n * d  # keys and values, then the two products
-        folded = rows * h * t * n * d + rows * t * d * d  # the two products over the context, D wide a head
-        return folded * FOLD_MARGIN <= unfolded
+        projected = contexts * n * 2 * d * d + rows * t * n * d
+        folded = rows * h * t * n * d + rows * t * d * d
+        return projected, folded
 
     def _folded_attend(self, q: torch.Tensor, context: torch.Tensor,
                        context_index: torch.Tensor | None = None) -> torch.Tensor:
