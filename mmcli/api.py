@@ -24,12 +24,14 @@ from .errors import UserError
 ImageLike = Union[str, os.PathLike, "PIL.Image.Image"]  # noqa: F821
 
 
-def load(run_dir: str | os.PathLike, device: str = "auto", precision: str = "auto") -> "Model":
+def load(run_dir: str | os.PathLike, device: str = "auto", precision: str = "auto", compile: bool = False) -> "Model":
     """A trained model from a run directory (its best/, else last/) or a checkpoint directory.
 
     ``precision``: the weights' dtype for inference: fp32, bf16 (fp16 on CUDA), or auto (bf16 on a
-    CUDA GPU that has it, else fp32; :func:`mmcli.device.inference_dtype`)."""
-    return Model.from_run(run_dir, device, precision)
+    CUDA GPU that has it, else fp32; :func:`mmcli.device.inference_dtype`). ``compile``: the decoding
+    step compiled (:meth:`mmcli.model.vlm.VLM.compile_decoding`; captioning only, the first batch
+    compiles)."""
+    return Model.from_run(run_dir, device, precision, compile)
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
@@ -45,6 +47,25 @@ def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
     if (p / "model.safetensors").is_file():
         return p
     raise UserError(f"{p}: no trained model in it (no best/ or last/ checkpoint; has its training saved one?)")
+
+
+def _check_compiler(dev: torch.device) -> None:
+    """One UserError line where ``torch.compile`` cannot build code for ``dev``: on a CPU inductor needs
+    a C++ compiler, on CUDA Triton."""
+    if dev.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except Exception as e:  # (its own error types vary between torch versions)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"--compile needs a C++ compiler on a CPU (torch.compile's inductor): {first}") from None
+    elif dev.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise UserError("--compile needs Triton on CUDA (torch.compile's inductor): install torch's triton") \
+                from None
 
 
 class Model:
@@ -63,7 +84,8 @@ class Model:
             raise UserError(f"{checkpoint.path}: the checkpoint has no tokenizer")
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, device: str = "auto", precision: str = "auto") -> "Model":
+    def from_run(cls, run_dir: str | os.PathLike, device: str = "auto", precision: str = "auto",
+                 compile: bool = False) -> "Model":
         from .device import inference_dtype, resolve_device
         from .model.packed import pack_linears
         from .model.vlm import load_model
@@ -77,6 +99,9 @@ class Model:
         vlm = vlm.to(dev, inference_dtype(precision, dev)).eval()
         if dev.type == "cpu":  # oneDNN's prepacked linear layers, GELU fused (mmcli/model/packed.py)
             pack_linears(vlm)
+        if compile and vlm.cfg.fusion != "late":
+            _check_compiler(dev)
+            vlm.compile_decoding()
         return cls(vlm, ckpt, dev)
 
     @property

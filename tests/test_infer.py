@@ -111,6 +111,72 @@ def test_api_answers_and_embeddings(trained):
     assert torch.allclose(e.norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
+@pytest.mark.slow  # (torch.compile: tens of seconds on a CPU)
+def test_caption_compile_gives_the_eager_captions(trained, run_cli):
+    """--compile: the decoding step compiled (VLM.compile_decoding) gives the eager captions, for batches
+    of several sizes (a dynamic batch), beam search and the concat fusion; a single row decodes eagerly."""
+    from torch._dynamo.utils import counters
+
+    images = sorted(trained["images"].iterdir())[:7]
+    code, eager, err = run_cli("caption", *images, "--model", trained["cap"], "--batch-size", "4")
+    assert code == 0, err
+    graphs = counters["stats"]["unique_graphs"]
+    code, compiled, err = run_cli("caption", *images, "--model", trained["cap"], "--batch-size", "4", "--compile")
+    assert code == 0, err
+    assert compiled == eager
+    assert counters["stats"]["unique_graphs"] > graphs  # the step did compile (no silent fallback to eager)
+    for run in ("cap", "concat"):
+        plain = mmcli.load(trained[run], precision="fp32")
+        fast = mmcli.load(trained[run], precision="fp32", compile=True)
+        assert "step" in fast.vlm.__dict__ and "step" not in plain.vlm.__dict__
+        assert fast.caption(images[:3], beam=2) == plain.caption(images[:3], beam=2)
+        assert fast.caption(images[:5]) == plain.caption(images[:5])
+        assert fast.caption(images[0]) == plain.caption(images[0])  # one row: the eager step
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(trained, run_cli, monkeypatch):
+    import torch._inductor.cpp_builder as builder
+
+    def missing():
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(builder, "get_cpp_compiler", missing)
+    image = sorted(trained["images"].iterdir())[0]
+    code, out, err = run_cli("caption", image, "--model", trained["cap"], "--compile", "--device", "cpu")
+    assert code == 2 and "--compile needs a C++ compiler" in err and err.count("\n") == 1, err
+
+
+def test_a_failed_compile_decodes_eagerly_and_says_so(trained, monkeypatch, capsys):
+    """A compiler that cannot build the step (no Python headers, a broken toolchain) raises before the
+    step runs: decoding goes on eagerly, with one line on stderr, and the captions are the eager ones."""
+    from torch._inductor.exc import InductorError
+
+    calls = []
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            calls.append(1)
+            raise InductorError(RuntimeError("C++ compile error\nlong compiler output"), None)
+        return run
+
+    images = sorted(trained["images"].iterdir())[:3]
+    plain = mmcli.load(trained["cap"], precision="fp32")
+    monkeypatch.setattr(torch, "compile", broken)
+    fast = mmcli.load(trained["cap"], precision="fp32", compile=True)
+    assert fast.caption(images) == plain.caption(images)
+    assert fast.caption(images) == plain.caption(images)
+    err = capsys.readouterr().err
+    assert len(calls) == 1 and err.count("\n") == 1
+    assert "--compile: torch.compile failed (RuntimeError: C++ compile error); decoding without it" in err
+
+
+def test_compile_decoding_is_for_inference(trained):
+    model = mmcli.load(trained["cap"])
+    model.vlm.train()
+    with pytest.raises(ValueError, match="inference model"):
+        model.vlm.compile_decoding()
+
+
 @pytest.mark.parametrize("args,message", [
     (("vqa", "IMG", "what?", "--model", "nowhere"), "nowhere: no such model directory"),
     (("vqa", "IMG", "what?", "--model", "CAP"), "has no VQA head"),

@@ -139,6 +139,12 @@ def caption(
     strict: Strict = False,
     device: Device = "auto",
     precision: InferPrecision = Precision.auto,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the decoding step for batches of images: on a 2-core CPU greedy "
+        "captioning 1.17x faster in bf16 and 1.01-1.04x in fp32 (BENCHMARKS.md), after about a minute of compiling "
+        "at the first batch (kept on disk for later runs); pays on large folders. The captions are the eager ones "
+        "up to float rounding.")]
+    = False,
 ) -> None:
     from ..api import load
     from ..fileio import atomic_write_text
@@ -150,7 +156,7 @@ def caption(
         raise UserError(f"--explain draws one image's caption; {len(paths)} images were given")
     if len(paths) == 1:  # one image: an unreadable one is the error itself (its name and the problem)
         load_one_image(paths[0])
-    m = load(model, device, precision.value)
+    m = load(model, device, precision.value, compile=compile)
     if explain is not None:
         from ..explain import caption_attention, draw_panels
 
