@@ -265,6 +265,10 @@ def build(a, device):
     if any(p.endswith("bf16") and not p.startswith("train") for p in a.phases):
         gen["mm_bf16"] = inference_copy(a, mm, torch.bfloat16, device)
         gen["hf_bf16w"] = copy.deepcopy(hf).to(torch.bfloat16).eval()
+    if a.compile:  # mmcli caption --compile: the decoding step compiled (its first calls, in the warm-up, compile)
+        for k in [k for k in gen if k.startswith("mm_")]:
+            gen[k + "_compiled"] = inference_copy(a, mm, gen[k].tok_emb.weight.dtype, device)
+            gen[k + "_compiled"].compile_decoding()
     return mm, hf, gen
 
 
@@ -316,9 +320,13 @@ def contenders(a, device, mm, hf, gen, b):
         def hf_gen(model, images, autocast):
             return lambda: (model.eval(), hf_generate(model, images, n, beam, autocast), model.train())
 
+        key, images = ("mm_bf16", img16) if bf16 else ("mm_fp32", b.images)
+        fns = {"mmcli": mm_gen(gen[key], images)}
+        if key + "_compiled" in gen:
+            fns["mmcli --compile"] = mm_gen(gen[key + "_compiled"], images)
         if not bf16:
-            return {"mmcli": mm_gen(gen["mm_fp32"], b.images), "hf": hf_gen(gen["hf_fp32"], b.images, False)}
-        return {"mmcli": mm_gen(gen["mm_bf16"], img16), "hf (autocast)": hf_gen(gen["hf_fp32"], b.images, True),
+            return {**fns, "hf": hf_gen(gen["hf_fp32"], b.images, False)}
+        return {**fns, "hf (autocast)": hf_gen(gen["hf_fp32"], b.images, True),
                 "hf (bf16 weights)": hf_gen(gen["hf_bf16w"], img16, False)}
 
     table = {"train_fp32": lambda: train(False), "train_bf16": lambda: train(True),
@@ -338,12 +346,15 @@ def run(a) -> dict:
     for r in range(a.warmup + a.rounds):
         for p, fns in phases.items():
             names = list(fns) if r % 2 == 0 else list(fns)[::-1]  # alternate who goes first
-            shares[p].start()
+            timing = r >= a.warmup  # (the warm-up's compiles run g++ in other processes: not counted)
+            if timing:
+                shares[p].start()
             for name in names:
                 t = timed(fns[name], device)
-                if r >= a.warmup:
+                if timing:
                     times[p][name].append(t)
-            shares[p].stop()
+            if timing:
+                shares[p].stop()
         if r >= a.warmup:
             ceilings["fp32"].append(matmul_ceiling(torch.float32, device))
             ceilings["bf16"].append(matmul_ceiling(torch.bfloat16, device))
@@ -475,7 +486,9 @@ def main() -> None:
                          "image projected, not the cross-attention folded onto the image (Attention.fold_context "
                          "off): the row '(unfolded)', and the fold's gain over it in the same rounds.")
     ap.add_argument("--compile", action="store_true",
-                    help="Also time mmcli's training step with its layers compiled (mmcli finetune --compile).")
+                    help="Also time mmcli's training step with its layers compiled (mmcli finetune --compile), and "
+                         "its generation with the decoding step compiled (mmcli caption --compile); the first "
+                         "calls compile, in the warm-up rounds.")
     ap.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
                     help="torch.compile's mode for --compile (max-autotune: inductor picks among its own GEMM "
                          "kernels too, which can take the bias and activation into the product; slow to compile).")
