@@ -366,7 +366,7 @@ class VLM(nn.Module):
         three variants (the first step, the second, then any length) and beam search three more; each
         model compiles its own copy of the step's code, since torch keeps at most 8 variants of one code
         object (``torch._dynamo.config.recompile_limit``) and two models would share them. The image
-        encoder stays eager (compiled it was 0.94x)."""
+        encoder stays eager: its products already run near the matmul ceiling (BENCHMARKS.md)."""
         if self.training:
             raise ValueError("compile_decoding is for an inference model: call .eval() first")
         if "step" in self.__dict__:
