@@ -344,9 +344,9 @@ def run(a) -> dict:
     ceilings = {"fp32": [], "bf16": []}
     shares = {p: CpuShare() for p in phases}
     for r in range(a.warmup + a.rounds):
+        timing = r >= a.warmup  # (the warm-up's compiles run g++ in other processes: not in the share either)
         for p, fns in phases.items():
             names = list(fns) if r % 2 == 0 else list(fns)[::-1]  # alternate who goes first
-            timing = r >= a.warmup  # (the warm-up's compiles run g++ in other processes: not counted)
             if timing:
                 shares[p].start()
             for name in names:
@@ -355,10 +355,10 @@ def run(a) -> dict:
                     times[p][name].append(t)
             if timing:
                 shares[p].stop()
-        if r >= a.warmup:
+        if timing:
             ceilings["fp32"].append(matmul_ceiling(torch.float32, device))
             ceilings["bf16"].append(matmul_ceiling(torch.bfloat16, device))
-        print(f"round {r + 1}/{a.warmup + a.rounds}{' (warm-up)' if r < a.warmup else ''} done", file=sys.stderr)
+        print(f"round {r + 1}/{a.warmup + a.rounds}{'' if timing else ' (warm-up)'} done", file=sys.stderr)
     if a.profile:
         profile(a, phases, device)
     return {"times": times, "ceilings": ceilings, "cpu_other": {p: s.share for p, s in shares.items()},
