@@ -162,12 +162,13 @@ class TrainConfig:
         if self.feature_cache and self.augment != "none":
             raise UserError(f"--feature-cache stores each image's features under the eval transform once; "
                             f"--augment {self.augment} would need new ones every epoch: leave one of them out")
-        fixed = {k: v for k, v in self.model.items() if k not in INIT_ADDS}
+        fixed = {k: v for k, v in self.model.items() if k not in INIT_CHANGES}
         if self.init is not None and fixed and self.resume is None:
             # (a run resumed with init may carry overrides saved before this check: model_config ignores them)
             raise UserError(f"--model {_overrides(fixed)} cannot be combined with --init: the init run fixes "
                             f"the model (its ModelConfig and weights); leave --model out, or give only "
-                            f"{', '.join(INIT_ADDS)} (new layers on top of the init run's)")
+                            f"{', '.join(INIT_ADDS)} (new layers on top of the init run's) or image_size "
+                            "(its position embeddings resampled)")
 
     def objective_weights(self) -> dict[str, float]:
         """Pretraining objective -> weight (see :func:`parse_objectives`)."""
@@ -241,6 +242,9 @@ def parse_objectives(spec: str) -> dict[str, float]:
 # init run's model, whose other fields and weights stay as they are; each with its layers' parameter names,
 # which the init checkpoint may lack
 INIT_ADDS = {"image_adapter": "vision.adapter."}
+# and those it may give besides: the image size, at which the init run's position embeddings are resampled
+# (mmcli.model.vision.resample_position_grids; a backbone's other weights are the same at any size)
+INIT_CHANGES = (*INIT_ADDS, "image_size")
 
 
 def init_checkpoint(init: str | os.PathLike) -> Path:
@@ -279,7 +283,7 @@ def _init_model_config(cfg: TrainConfig, sizes: dict):
         raise UserError(f"max_text_len {cfg.max_text_len} is longer than the --init model's "
                         f"{mc.max_text_len} ({where}); use at most {mc.max_text_len}")
     if cfg.resume is None:  # new layers over the init run's model (a resumed run's config has them already)
-        mc = replace(mc, **{k: v for k, v in cfg.model.items() if k in INIT_ADDS})
+        mc = replace(mc, **{k: v for k, v in cfg.model.items() if k in INIT_CHANGES})
     # the backbone weights come with the checkpoint: no hub download, no local file needed
     return replace(mc, pretrained=False, backbone_weights=None, **sizes)
 
@@ -664,7 +668,10 @@ def _text_vocab(cfg: TrainConfig, train, checkpoint, init=None):
 def _load_init(model: torch.nn.Module, ckpt) -> None:
     """``--init``: every weight of the init checkpoint but its VQA head (whose answers were another
     run's: this run's head starts fresh); anything else missing or extra is an error."""
+    from .model.vision import resample_position_grids
+
     keep = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("vqa_head.")}
+    resampled = resample_position_grids(model, keep)  # (--model image_size=N: another grid of image tokens)
     missing, unexpected = replace(ckpt, state_dict=keep).load_into(model, strict=False)
     missing = [k for k in missing if not k.startswith(("vqa_head.", *INIT_ADDS.values()))]
     if missing or unexpected:
@@ -674,7 +681,8 @@ def _load_init(model: torch.nn.Module, ckpt) -> None:
                  for lst, what in ((missing, "missing"), (unexpected, "unexpected")) if lst]
         raise UserError(f"--init {ckpt.path}: does not match the model: {'; '.join(parts)}")
     new = " (a new VQA head)" if model.vqa_head is not None else ""
-    print(f"mmcli: initialised from {ckpt.path}{new}", file=sys.stderr)
+    size = f" at image size {model.cfg.image_size} ({', '.join(resampled)})" if resampled else ""
+    print(f"mmcli: initialised from {ckpt.path}{new}{size}", file=sys.stderr)
 
 
 def _train_dataset(cfg: TrainConfig, train, source, tokenizer, answers):

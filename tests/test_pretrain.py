@@ -266,6 +266,30 @@ def test_grouped_pretrain_and_retrieval_learn(task, objectives):
     assert json.loads(Path("pt/config.json").read_text())["train"]["group_captions"] is True
 
 
+def test_init_at_another_image_size_resamples_the_image_positions_and_trains(pretrained, capsys):
+    """``--model image_size=N`` may join --init: the init run's model at another resolution, its image
+    position embeddings resampled to the new grid of tokens (said on stderr), every other weight the init
+    run's; the run trains and saves a model of that size."""
+    from mmcli.checkpoint import load_checkpoint
+    from mmcli.model.vlm import load_model
+
+    init = load_checkpoint(pretrained / "best")
+    size = init.config["model"]["image_size"] * 2
+    c = cfg(task="vqa", out="big", init=str(pretrained), model={"image_size": size}, max_steps=3, eval_every=3)
+    s = train._build(c, train._open_run(c, Path(c.out)), torch.device("cpu"), None)
+    assert s.model.cfg.image_size == size and s.model.vision.image_size == size
+    assert s.model.image_pos.shape[1] == 4 * init.state_dict["image_pos"].shape[1]
+    assert "at image size %d (image_pos " % size in capsys.readouterr().err
+    own = s.model.state_dict()
+    same = [k for k, v in init.state_dict.items() if k != "image_pos" and not k.startswith("vqa_head.")]
+    assert same and all(torch.equal(own[k], init.state_dict[k]) for k in same)
+    assert fit(c).steps == 3
+    model, ckpt = load_model("big/best")
+    assert ckpt.config["model"]["image_size"] == size and model.vision.image_size == size
+    with pytest.raises(UserError, match="--model dropout=0.1 cannot be combined with --init.*image_size"):
+        cfg(task="vqa", init=str(pretrained), model={"image_size": size, "dropout": 0.1})
+
+
 def test_init_with_an_image_adapter_starts_as_the_init_model_and_trains_it(pretrained):
     """``--model image_adapter=N`` may join --init: a residual MLP on the backbone's tokens whose output
     layer starts at zero, so the new model begins as the init run's; training then moves it."""

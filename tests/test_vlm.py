@@ -185,6 +185,48 @@ def test_vit_backbone_in_the_full_model():
         assert len(generate.greedy(model, images, bos_id=2, eos_id=3, max_len=4)) == 2
 
 
+@pytest.mark.parametrize("backbone", ["test_resnet", "vit_tiny_patch16_224"])
+def test_position_grids_resampled_for_another_image_size(backbone):
+    """A model's state dict at one image size fits the same model at twice the size after
+    resample_position_grids: mmcli's image_pos (and a ViT's own pos_embed) go to the new grid of
+    tokens, a ViT's class-token position unchanged, a constant grid staying that constant; nothing
+    else changes, and the model runs at the new size."""
+    from mmcli.model.vision import resample_position_grids
+
+    torch.manual_seed(0)
+    small = VLM(preset("tiny", backbone=backbone, image_size=32, vocab_size=50, fusion="concat"))
+    big = VLM(preset("tiny", backbone=backbone, image_size=64, vocab_size=50, fusion="concat"))
+    state = small.state_dict()
+    prefix = small.vision.num_prefix_tokens
+    state["image_pos"] = state["image_pos"].clone()
+    state["image_pos"][:, prefix:] = 0.25  # a constant grid
+    before = {k: v.clone() for k, v in state.items()}
+    done = resample_position_grids(big, state)
+    names = ["image_pos"] + (["vision.backbone.pos_embed"] if prefix else [])
+    assert [d.split()[0] for d in done] == names
+    assert big.image_pos.shape[1] - prefix == 4 * (small.image_pos.shape[1] - prefix)
+    big.load_state_dict(state)  # strict: every shape fits now
+    torch.testing.assert_close(big.image_pos[:, prefix:], torch.full_like(big.image_pos[:, prefix:], 0.25))
+    assert torch.equal(big.image_pos[:, :prefix], before["image_pos"][:, :prefix])
+    if prefix:
+        pe = big.vision.backbone.pos_embed
+        assert torch.equal(pe[:, :prefix], before["vision.backbone.pos_embed"][:, :prefix])
+    assert all(torch.equal(state[k], v) for k, v in before.items() if k not in names)
+    assert resample_position_grids(big, big.state_dict()) == []  # the same size: nothing to do
+    with torch.no_grad():
+        assert big.eval().lm_logits(torch.randn(2, 3, 64, 64), torch.randint(6, 50, (2, 5))).shape == (2, 5, 50)
+
+
+def test_a_position_grid_that_is_not_square_is_one_error_line():
+    from mmcli.model.vision import resample_position_grids
+
+    model = VLM(preset("tiny", image_size=64, vocab_size=50, fusion="concat"))
+    state = {"image_pos": torch.zeros(1, model.image_pos.shape[1] + 3, model.image_pos.shape[2])}
+    with pytest.raises(UserError, match="image_pos: .* are not square grids of positions") as e:
+        resample_position_grids(model, state)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_img_index_equals_repeating_the_image_rows(fusion):
     """Texts sharing images: passing each image once with img_index gives what repeating its

@@ -90,8 +90,9 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     "freeze_backbone, image_pool...; true/false for switches, none for an optional path); backbone.NAME=VALUE "
     "passes NAME to the timm model's constructor, e.g. backbone.depth=4,backbone.embed_dim=256 for a smaller ViT. "
     "image_adapter=N adds a trainable residual MLP of width N on the backbone's tokens (for a frozen, cached "
-    "backbone; it starts at zero). With --init only image_adapter is taken: the init run fixes the rest of the "
-    "model.  \\[default: the preset's]", show_default=False)]
+    "backbone; it starts at zero). With --init only image_adapter and image_size are taken (image_size: the "
+    "init run's model at another resolution, its position embeddings resampled): the init run fixes the rest of "
+    "the model.  \\[default: the preset's]", show_default=False)]
 AugmentOpt = Annotated[Augment, typer.Option(
     "--augment", help="Training images: none (the eval resize and center crop) or light (a random-resized crop of "
     "50-100% of the area and a horizontal flip; the flip makes 'left' and 'right' in captions and questions "

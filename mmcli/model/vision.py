@@ -32,6 +32,7 @@ Decisions, in the order they happen:
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -325,6 +326,36 @@ def _classifier_prefixes(backbone: nn.Module) -> tuple[str, ...]:
     classifier = cfg.get("classifier") or ()
     names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     return tuple(f"{n}." for n in names)
+
+
+def resample_position_grids(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """A VLM state dict saved at another image size, its position embeddings resampled in place to
+    ``model``'s grid of image tokens: mmcli's ``image_pos`` and a timm ViT's ``pos_embed`` (1, prefix +
+    h*w, C), bicubic over the square grid with the prefix (class) tokens kept, as timm resamples a ViT's
+    for its pretrained weights. For ``--init RUN --model image_size=N``; every other weight of a
+    backbone is the same at any image size. Returns what was resampled, e.g. ``["image_pos 8x8 ->
+    16x16"]``; a grid that is not square is one UserError line."""
+    from timm.layers import resample_abs_pos_embed
+
+    own = model.state_dict()
+    prefix = int(getattr(model.vision, "num_prefix_tokens", 0))
+    backbone = model.vision.backbone
+    vit_prefix = 0 if getattr(backbone, "no_embed_class", False) else int(getattr(backbone, "num_prefix_tokens", 1))
+    done = []
+    for name, n_prefix in (("image_pos", prefix), ("vision.backbone.pos_embed", vit_prefix)):
+        theirs, mine = state.get(name), own.get(name)
+        if theirs is None or mine is None or theirs.shape == mine.shape:
+            continue
+        grids = [(t.shape[1] - n_prefix) if t.ndim == 3 else -1 for t in (theirs, mine)]
+        old, new = (math.isqrt(max(g, 0)) for g in grids)
+        square = min(grids) > 0 and (old * old, new * new) == tuple(grids)
+        if not square or theirs.shape[2] != mine.shape[2]:
+            raise UserError(f"{name}: {tuple(theirs.shape)} in the checkpoint and {tuple(mine.shape)} in the model "
+                            "are not square grids of positions of one width; cannot resample it to this image size")
+        grid = resample_abs_pos_embed(theirs.float(), new_size=[new, new], num_prefix_tokens=n_prefix)
+        state[name] = grid.to(theirs.dtype)
+        done.append(f"{name} {old}x{old} -> {new}x{new}")
+    return done
 
 
 def _resample_pos_embed(backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
