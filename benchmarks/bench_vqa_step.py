@@ -35,6 +35,11 @@ the sessions as ``mmcli finetune --init RUN`` does (that run's model and tokeniz
 head), e.g. the shapes VQA run of examples/easyvqa_frozen.sh, whose tokenizer spells easy-VQA's
 colours in pieces (about 9.8 tokens a question, padded to 16).
 
+    python benchmarks/bench_vqa_step.py --init runs/shapes-vqa-s0 --image-size 192 --batch-size 32
+
+builds the sessions of examples/easyvqa_frozen.sh's last two commands: the init run's model at 192 px
+(``mmcli finetune --init RUN --model image_size=192``), where the backbone is most of a full step.
+
     python benchmarks/bench_vqa_step.py --profile
 
 profiles 10 steps of each session (``auto`` tokenizer, questions shared) after the timed rounds:
@@ -56,12 +61,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def session(frozen: bool, out: Path, precision: str, tokenizer: str = "auto", init: str | None = None,
-            batch_size: int = 16):
+            batch_size: int = 16, image_size: int | None = None):
     from mmcli import train
     from mmcli.device import resolve_precision
     from mmcli.tokenizer import Tokenizer
 
     model = {} if init else {"drop_stages": 2, "text_layers": 1, "image_size": 64}
+    if image_size:
+        model["image_size"] = image_size
     cfg = train.TrainConfig(task="vqa", data="easyvqa", out=str(out), preset="small", fusion=None if init else "late",
                             model=model, init=init, batch_size=batch_size,
                             max_steps=850, eval_every=425, lr=3e-4, precision=precision,
@@ -108,6 +115,8 @@ def main() -> None:
                     "layer on the real tokens alone or on the padded batch")
     ap.add_argument("--init", help="build the sessions from this run, as mmcli finetune --init does")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--image-size", type=int, help="the model at this image size (with --init: the init run's model, "
+                    "its image positions resampled, as mmcli finetune --init RUN --model image_size=N)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile 10 more steps of each session (ops by input shape)")
     a = ap.parse_args()
@@ -116,7 +125,7 @@ def main() -> None:
     tokenizers = ("auto", "unigram") if a.compare == "tokenizer" else ("auto",)
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {(kind, tok): session(kind != "full", Path(tmp) / f"{kind}-{tok}", a.precision, tok, a.init,
-                                         a.batch_size)
+                                         a.batch_size, a.image_size)
                     for kind in ("full", "frozen + cached") for tok in tokenizers}
         cfg0, s0 = sessions["full", "auto"]
         n_batches = a.warmup + a.rounds + (10 if a.profile else 0)
