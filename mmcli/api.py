@@ -19,7 +19,7 @@ from typing import Iterable, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 ImageLike = Union[str, os.PathLike, "PIL.Image.Image"]  # noqa: F821
 
@@ -58,8 +58,8 @@ def _check_compiler(dev: torch.device) -> None:
 
             get_cpp_compiler()
         except Exception as e:  # (its own error types vary between torch versions)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"--compile needs a C++ compiler on a CPU (torch.compile's inductor): {first}") from None
+            raise UserError(f"--compile needs a C++ compiler on a CPU (torch.compile's inductor): {first_line(e)}") \
+                from None
     elif dev.type == "cuda":
         try:
             import triton  # noqa: F401

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import UserError, examples
+from .errors import UserError, examples, first_line
 
 FORMAT = "mmcli-checkpoint"
 FORMAT_VERSION = 1
@@ -359,7 +359,7 @@ def _read_weights(p: Path, map_location) -> tuple[dict[str, torch.Tensor], dict[
         with safe_open(p, framework="pt", device=device) as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"{p}: truncated or corrupt, not a valid safetensors file ({_first_line(e)})") from None
+        raise UserError(f"{p}: truncated or corrupt, not a valid safetensors file ({first_line(e)})") from None
     # names save_model dropped because they shared storage (tied weights)
     tied = {k: v for k, v in meta.items() if v in state and k not in state}
     for dropped, kept in tied.items():
@@ -411,7 +411,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", what: st
             raise UserError(f"{path}: refused: it contains Python objects other than tensors and plain values "
                             f"({detail[1]}), and mmcli never unpickles those") from None
         detail = re.search(r"WeightsUnpickler error: \s*(\S[^\n]*)", str(e))
-        raise UserError(f"{path}: not a readable {what} ({detail[1] if detail else _first_line(e)})") from None
+        raise UserError(f"{path}: not a readable {what} ({detail[1] if detail else first_line(e)})") from None
 
 
 # ============================================================================ RNG state
@@ -460,8 +460,3 @@ def _one_gpu_per_process() -> bool:
 
 def _as_tuples(obj):
     return tuple(_as_tuples(v) for v in obj) if isinstance(obj, list | tuple) else obj
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -40,7 +40,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import UserError, examples
+from ..errors import UserError, examples, first_line
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _FIND_NAMES = "python -c \"import timm; print(timm.list_models('*resnet*'))\""
@@ -185,7 +185,7 @@ class VisionTower(nn.Module):
             raw = self._dry_run(self.backbone)
         except (RuntimeError, AssertionError, ValueError) as e:
             raise UserError(f"backbone {self.name} cannot take {self.image_size}x{self.image_size} images "
-                            f"({_first_line(e)}); try another --image-size") from None
+                            f"({first_line(e)}); try another --image-size") from None
         c = self.feature_dim
         if raw.ndim == 4 and raw.shape[1] != c and raw.shape[-1] == c:
             self._channels_last = True  # an NHWC model that does not declare output_fmt
@@ -236,11 +236,11 @@ def _create_backbone(name: str, image_size: int, pretrained: bool, args: dict) -
             return timm.create_model(name, **kwargs)
     except Exception as e:  # user inputs (name, size, network) are the likely cause
         if pretrained:
-            raise UserError(f"backbone {name}: could not get timm's pretrained weights ({_first_line(e)}); "
+            raise UserError(f"backbone {name}: could not get timm's pretrained weights ({first_line(e)}); "
                             "this downloads from the Hugging Face Hub and needs the network; offline, "
                             "pass a local file with --backbone-weights FILE") from None
         given = f" with {', '.join(f'{k}={v}' for k, v in args.items())}" if args else ""
-        raise UserError(f"backbone {name}: cannot build it at image size {image_size}{given} ({_first_line(e)})") from None
+        raise UserError(f"backbone {name}: cannot build it at image size {image_size}{given} ({first_line(e)})") from None
 
 
 # ============================================================================ local weights
@@ -269,7 +269,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(p, device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise UserError(f"{path}: not a valid safetensors file ({_first_line(e)})") from None
+            raise UserError(f"{path}: not a valid safetensors file ({first_line(e)})") from None
     from ..checkpoint import safe_torch_load
 
     return _unwrap_state_dict(safe_torch_load(p, "cpu", what="PyTorch weights file"), path)
@@ -372,8 +372,3 @@ def _resample_pos_embed(backbone: nn.Module, state: dict[str, torch.Tensor]) -> 
         state["pos_embed"] = resample_abs_pos_embed(theirs, new_size=list(grid), num_prefix_tokens=prefix)
     except (RuntimeError, ValueError):
         pass  # not a square grid of the same width: reported as a shape mismatch
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

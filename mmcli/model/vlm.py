@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import first_line
 from .transformer import Attention, Block, KVCache, Rows
 from .vision import VisionTower
 
@@ -392,7 +393,7 @@ class VLM(nn.Module):
             except (BackendCompilerFailed, InductorError) as e:
                 # the compiler could not build the step (no Python headers for the C++ wrapper, a broken
                 # toolchain): it raised before the step ran, so decode on eagerly, saying so once
-                failed.append(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                failed.append(first_line(e))
                 sys.stderr.write(f"mmcli: --compile: torch.compile failed ({failed[0][:200]}); decoding without it\n")
                 return eager(tokens, state)
 
