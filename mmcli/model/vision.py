@@ -340,7 +340,7 @@ def resample_position_grids(model: nn.Module, state: dict[str, torch.Tensor]) ->
     own = model.state_dict()
     prefix = int(getattr(model.vision, "num_prefix_tokens", 0))
     backbone = model.vision.backbone
-    vit_prefix = 0 if getattr(backbone, "no_embed_class", False) else int(getattr(backbone, "num_prefix_tokens", 1))
+    vit_prefix = _pos_embed_prefix(backbone)
     done = []
     for name, n_prefix in (("image_pos", prefix), ("vision.backbone.pos_embed", vit_prefix)):
         theirs, mine = state.get(name), own.get(name)
@@ -367,8 +367,14 @@ def _resample_pos_embed(backbone: nn.Module, state: dict[str, torch.Tensor]) -> 
         return
     from timm.layers import resample_abs_pos_embed
 
-    prefix = 0 if getattr(backbone, "no_embed_class", False) else int(getattr(backbone, "num_prefix_tokens", 1))
     try:
-        state["pos_embed"] = resample_abs_pos_embed(theirs, new_size=list(grid), num_prefix_tokens=prefix)
+        state["pos_embed"] = resample_abs_pos_embed(theirs, new_size=list(grid),
+                                                    num_prefix_tokens=_pos_embed_prefix(backbone))
     except (RuntimeError, ValueError):
         pass  # not a square grid of the same width: reported as a shape mismatch
+
+
+def _pos_embed_prefix(backbone: nn.Module) -> int:
+    """How many leading positions of a timm ViT's ``pos_embed`` belong to its prefix (class, register)
+    tokens rather than to the grid of patches."""
+    return 0 if getattr(backbone, "no_embed_class", False) else int(getattr(backbone, "num_prefix_tokens", 1))
