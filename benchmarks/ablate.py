@@ -4,11 +4,13 @@
     python benchmarks/ablate.py -- finetune --task vqa --out runs/ab-packed ...   # nothing turned off
 
 The switches are class attributes that exist for ablations: of ``VLM``, ``pack_text`` (the text layers
-on the real tokens alone, ``VLM.encode_text``), ``fold_cross_attention`` (greedy decoding's folded
+on the real tokens alone, ``VLM.encode_text``, and the LM loss on a batch's real tokens in one call,
+``VLM.lm_real_logits``, instead of length buckets), ``fold_cross_attention`` (greedy decoding's folded
 cross-attention), ``share_image_kv`` (the LM loss's length buckets share the images' keys and
 values, ``VLM.image_kv``) and ``pack_fusion`` (the cross-attention fusion layers of VQA's and ITM's
 texts on the real tokens alone, ``VLM.fuse``); of ``Attention``, ``fold_context`` (a cross-attention
-without a cache folded where that takes far fewer FLOPs, ``Attention.fold_pays``). After the command,
+without a cache folded where that takes far fewer FLOPs, ``Attention.fold_pays``); of ``Dropout``,
+``fast_masks`` (dropout masks from 15-bit numbers on a CPU; 0: torch's ``bernoulli_`` masks). After the command,
 one line on stderr gives the seconds spent in the training loop's parts, summed over the run: the
 losses' forward passes (``train._batch_loss``), ``backward``, the optimizer steps
 (``train._optimizer_step``) and validation (``train.validate``). The whole-run
@@ -25,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SWITCHES = ("pack_text", "fold_cross_attention", "share_image_kv", "pack_fusion", "fold_context")
+SWITCHES = ("pack_text", "fold_cross_attention", "share_image_kv", "pack_fusion", "fold_context", "fast_masks")
 
 
 def main(argv: list[str]) -> int:
@@ -39,10 +41,10 @@ def main(argv: list[str]) -> int:
 
     from mmcli import train
     from mmcli.cli import main as mmcli_main
-    from mmcli.model.transformer import Attention
+    from mmcli.model.transformer import Attention, Dropout
     from mmcli.model.vlm import VLM
 
-    owner = {name: Attention if name == "fold_context" else VLM for name in SWITCHES}
+    owner = {name: {"fold_context": Attention, "fast_masks": Dropout}.get(name, VLM) for name in SWITCHES}
     for setting in settings:
         name, _, value = setting.partition("=")
         if name not in SWITCHES or value not in ("0", "1"):

@@ -12,7 +12,7 @@ backward, AdamW) with the same loss code the trainer runs (``mmcli.train.caption
     python benchmarks/profile_caption_step.py --nchw           # the image tower in NCHW memory
     python benchmarks/profile_caption_step.py --attention sdpa # SDPA also for bf16 training
     python benchmarks/profile_caption_step.py --compare 10     # all variants, interleaved
-    python benchmarks/profile_caption_step.py --ablate 10      # bf16 ideas not kept, interleaved
+    python benchmarks/profile_caption_step.py --ablate 10      # bf16 variants (torch's dropout masks), interleaved
     python benchmarks/profile_caption_step.py --frozen 10      # full against frozen + cached, FLOPs
     python benchmarks/profile_caption_step.py --itm 10         # ITM: fusion layers on the real tokens or padded
 
@@ -37,7 +37,7 @@ def build(args):
 
     torch.manual_seed(0)
     cfg = preset("small", drop_stages=1, dropout=args.dropout, text_layers=1, fusion_layers=3,
-                 vocab_size=2500, max_text_len=32)
+                 vocab_size=2500, max_text_len=32, image_size=args.image_size)
     model = VLM(cfg)
     if args.nchw:  # (mmcli keeps a CNN in channels-last memory)
         model.vision._nhwc_memory = False
@@ -48,7 +48,7 @@ def build(args):
     text = torch.randint(4, 2500, (n_img * per, 32), generator=g)
     for i, n in enumerate(lens.tolist()):
         text[i, n:] = 0
-    images = torch.randn(n_img, 3, 128, 128, generator=g)
+    images = torch.randn(n_img, 3, args.image_size, args.image_size, generator=g)
     batch = SimpleNamespace(images=images, text=text, text_len=lens,
                             text_image=torch.arange(n_img).repeat_interleave(per))
     return model, opt, batch
@@ -68,6 +68,7 @@ def step(model, opt, batch, session, smoothing):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=32, help="Images per step (5 captions each).")
+    ap.add_argument("--image-size", type=int, default=128, help="Image side in pixels (the recipes': 128).")
     ap.add_argument("--steps", type=int, default=8, help="Timed steps (after 2 warm-up steps).")
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--nchw", action="store_true", help="Keep the CNN in NCHW memory (mmcli uses channels-last).")
@@ -79,13 +80,14 @@ def main() -> None:
                     help="Instead: ROUNDS interleaved rounds of one step of each variant (fp32 / bf16, SDPA / "
                     "plain attention, NCHW / channels-last input); medians and per-round ratios.")
     ap.add_argument("--ablate", type=int, metavar="ROUNDS", default=0,
-                    help="Instead: ROUNDS interleaved rounds of mmcli's bf16 step against ideas measured and not "
-                    "kept (dropout masks from 15 random bits, no dropout at all, bf16 weights without autocast).")
+                    help="Instead: ROUNDS interleaved rounds of mmcli's bf16 step against variants (torch's dropout "
+                    "with bernoulli_ masks, no dropout at all, bf16 weights without autocast).")
     ap.add_argument("--frozen", type=int, metavar="ROUNDS", default=0,
                     help="Instead: the training FLOPs of a step, full and with the backbone frozen and its features "
                     "cached (--freeze-backbone --feature-cache), their ratio (what caching can gain at best), and "
-                    "ROUNDS interleaved rounds of the two bf16 steps, each also with the images' keys and values "
-                    "projected again for every length bucket (VLM.share_image_kv = False, the ablation).")
+                    "ROUNDS interleaved rounds of the two bf16 steps, each also with the LM loss over length buckets "
+                    "(VLM.pack_text = False) and with the buckets projecting the images' keys and values again "
+                    "(VLM.share_image_kv = False too), the ablations.")
     ap.add_argument("--itm", type=int, metavar="ROUNDS", default=0,
                     help="Instead: ROUNDS interleaved rounds of pretraining's ITM loss (forward and backward, bf16) "
                     "on the batch's images, one caption each, also each image with a wrong caption and each caption "
@@ -160,17 +162,6 @@ def compare(args) -> None:
         print(f"{name:42s} {med:9.3f} {5 * args.images / med:11.1f} {ratio:27.2f}x")
 
 
-def threshold_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Dropout with its mask from 15 random bits per element: half an int32 from ``random_`` (whose
-    top bit is always 0, hence the 15 low bits of each half) against a threshold, instead of
-    ``bernoulli_``'s one draw per element. Keeps round((1 - p) * 2^15) / 2^15 of the elements and
-    rescales by the inverse of that, so the expectation is x. Benchmark only (``--ablate``)."""
-    n = x.numel()
-    bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_().view(torch.int16)[:n].view(x.shape)
-    keep = round((1 - p) * 32768)
-    return x * ((bits & 0x7FFF) < keep) * (32768 / keep)
-
-
 def interleaved(fns: dict, rounds: int) -> dict:
     """Each of ``fns`` (key -> callable) run once a round, the order reversed every other round, after
     one warm-up round: key -> its ``rounds`` times in seconds."""
@@ -200,21 +191,22 @@ def flops_of(fn) -> int:
 
 
 def ablate(args) -> None:
-    """mmcli's bf16 step (autocast, torch's dropout) against variants not kept, on copies of one model;
+    """mmcli's bf16 step (autocast, its dropout masks from 15-bit numbers) against variants, on copies of one model:
+    torch's dropout (``bernoulli_`` masks, mmcli's until 2026-12-07), no dropout, bf16 weights without autocast;
     each round runs one step of every variant, the order alternating."""
     import copy
 
     from torch import nn
 
     model, _, batch = build(args)
-    models = {"mmcli bf16 (autocast, torch dropout)": model, "dropout from 15-bit thresholds": copy.deepcopy(model),
+    models = {"mmcli bf16 (autocast, 15-bit masks)": model, "torch's dropout (bernoulli_ masks)": copy.deepcopy(model),
               "no dropout": copy.deepcopy(model), "bf16 weights, no autocast": copy.deepcopy(model).to(torch.bfloat16)}
     for m in models["no dropout"].modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-    for m in models["dropout from 15-bit thresholds"].modules():
-        if isinstance(m, nn.Dropout) and m.p > 0:
-            m.forward = lambda x, p=m.p, m=m: threshold_dropout(x, p) if m.training else x
+    for m in models["torch's dropout (bernoulli_ masks)"].modules():
+        if isinstance(m, nn.Dropout) and m.p > 0:  # (mmcli's transformer.Dropout: nn.Dropout's own forward)
+            m.forward = lambda x, p=m.p, m=m: nn.functional.dropout(x, p, m.training)
     from mmcli.train import param_groups
 
     opts = {k: torch.optim.AdamW(param_groups(m, 0.05), lr=1e-3, foreach=True) for k, m in models.items()}
@@ -242,10 +234,11 @@ def ablate(args) -> None:
 def frozen(args) -> None:
     """Full training against the backbone frozen with its features cached, on one batch: the FLOPs of
     each step (forward and backward, counted by torch's FlopCounterMode) and bf16 step times, the
-    order alternating each round; each also with the ablation ``VLM.share_image_kv = False`` (every
-    length bucket of the captions projects the images' keys and values again). The cached step reads
-    the backbone's tokens as the feature cache gives them (bf16 values in fp32 tensors) and starts at
-    the projection."""
+    order alternating each round; each also with two ablations: the LM loss over length buckets
+    (``VLM.pack_text = False``: what ran before ``VLM.lm_real_logits``, its buckets sharing the images'
+    keys and values), and the buckets each projecting the images' keys and values again
+    (``VLM.share_image_kv = False`` too). The cached step reads the backbone's tokens as the feature
+    cache gives them (bf16 values in fp32 tensors) and starts at the projection."""
     import copy
 
     from mmcli.model.vlm import VLM
@@ -261,35 +254,39 @@ def frozen(args) -> None:
     batches = {"full": batch, "frozen + cached": SimpleNamespace(**{**vars(batch), "images": feats})}
     opts = {k: torch.optim.AdamW(param_groups(m, 0.05), lr=1e-3, foreach=True) for k, m in models.items()}
     session = SimpleNamespace(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-    variants = [(name, share) for name in models for share in (True, False)]
-    label = {(n, sh): n + ("" if sh else ", kv per bucket") for n, sh in variants}
+    forms = {"": (True, True), ", length buckets": (False, True), ", buckets, kv per bucket": (False, False)}
+    variants = [(name, form) for name in models for form in forms]
 
-    def loss(name, share):
-        VLM.share_image_kv = share
+    def set_form(form):
+        VLM.pack_text, VLM.share_image_kv = forms[form]
+
+    def loss(name, form):
+        set_form(form)
         caption_loss(models[name], batches[name], session, 0.1).backward()
         models[name].zero_grad(set_to_none=True)
 
-    def train_step(name, share):
-        VLM.share_image_kv = share
+    def train_step(name, form):
+        set_form(form)
         step(models[name], opts[name], batches[name], session, 0.1)
 
     flops = {v: flops_of(lambda v=v: loss(*v)) for v in variants}
     times = interleaved({v: lambda v=v: train_step(*v) for v in variants}, args.frozen)
-    VLM.share_image_kv = True
+    set_form("")
     n_cap = 5 * args.images
-    print(f"{args.frozen} rounds, bf16, {args.images} images and {n_cap} captions a step "
+    print(f"{args.frozen} rounds, bf16, {args.images} images of {args.image_size} px and {n_cap} captions a step "
           f"(mean {batch.text_len.float().mean():.1f} tokens), threads {torch.get_num_threads()}")
-    print(f"{'step':32s} {'GFLOP':>7s} {'median s':>9s} {'captions/s':>11s} {'GFLOP/s':>8s}")
+    print(f"{'step':40s} {'GFLOP':>7s} {'median s':>9s} {'captions/s':>11s} {'GFLOP/s':>8s}")
     for v in variants:
         med = statistics.median(times[v])
-        print(f"{label[v]:32s} {flops[v] / 1e9:7.1f} {med:9.3f} {n_cap / med:11.1f} {flops[v] / 1e9 / med:8.1f}")
-    for share in (True, False):
-        a, b = ("full", share), ("frozen + cached", share)
-        print(f"full / frozen + cached{'' if share else ', kv per bucket'}: FLOPs {flops[a] / flops[b]:.2f}x (the "
-              f"speed-up caching gives when both run at one FLOP rate), time {ratios(times[a], times[b])}")
+        print(f"{v[0] + v[1]:40s} {flops[v] / 1e9:7.1f} {med:9.3f} {n_cap / med:11.1f} {flops[v] / 1e9 / med:8.1f}")
+    for form in forms:
+        a, b = ("full", form), ("frozen + cached", form)
+        print(f"full / frozen + cached{form}: FLOPs {flops[a] / flops[b]:.2f}x (the speed-up caching gives when "
+              f"both run at one FLOP rate), time {ratios(times[a], times[b])}")
     for name in models:
-        print(f"{name}: keys and values shared by the buckets against per bucket: time "
-              f"{ratios(times[name, False], times[name, True])}")
+        print(f"{name}: mmcli against length buckets: time {ratios(times[name, ', length buckets'], times[name, ''])}; "
+              f"buckets sharing the keys and values against per bucket: time "
+              f"{ratios(times[name, ', buckets, kv per bucket'], times[name, ', length buckets'])}")
 
 
 def itm(args) -> None:

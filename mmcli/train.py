@@ -905,7 +905,9 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
     """The LM loss of the batch's captions given image tokens already encoded: (B, N, D), or one
     row per image with ``img_index`` mapping caption rows to image rows.
 
-    The captions are cut into length buckets (:data:`LM_BUCKET_ROWS` rows or more each), each
+    On a CPU with cross-attention fusion the whole batch goes through the layers at once on its real
+    tokens alone (:meth:`VLM.lm_real_logits`). Elsewhere the captions are cut into length buckets
+    (:data:`LM_BUCKET_ROWS` rows or more each), each
     trimmed to its longest caption, and the LM head sees real predictions only; the buckets share each
     cross-attention layer's keys and values of the images (:meth:`VLM.image_kv`). Causal,
     right-padded text never lets a real token see a pad, so this is the padded batch's loss
@@ -913,6 +915,15 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
     tokens on average in batches padded to 32)."""
     from .losses import length_buckets, next_token_targets
 
+    if model.packs_lm(batch.text.device) and int(batch.text_len.max()) > 1:
+        # (a CPU: the whole batch in one call, on its real tokens alone, each image's keys and values once)
+        ids = batch.text[:, : int(batch.text_len.max())]
+        real, targets = next_token_targets(ids, batch.text_len)
+        with s.autocast():
+            logits = model.lm_real_logits(ids[:, :-1], real[:, :-1], img, img_index)  # (n, V)
+        n_real = len(targets)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing, reduction="sum")
+        return loss / n_real * share(n_real)
     n_rows = batch.text.shape[0]
     buckets = length_buckets(batch.text_len, max(1, n_rows // LM_BUCKET_ROWS))
     if img_index is None and len(buckets) == 1:  # pairs in one bucket: every row in its order, no gather

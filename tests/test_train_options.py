@@ -93,7 +93,8 @@ def test_grouped_captions_give_the_loss_and_gradients_of_the_pairs(fusion):
 @pytest.mark.parametrize("grouped", [False, True])
 def test_length_buckets_give_the_padded_batch_loss_and_gradients(monkeypatch, fusion, grouped):
     """The LM loss over length buckets (each trimmed to its longest caption, the LM head on real
-    predictions only) equals the loss of the whole padded batch, and so do the gradients."""
+    predictions only), and over the whole batch's real tokens packed (VLM.lm_real_logits), equals the
+    loss of the whole padded batch, and so do the gradients."""
     from mmcli.config import preset
     from mmcli.data.images import make_transform
     from mmcli.data.loaders import CaptionImageDataset, ImageSource, PairDataset, collate
@@ -115,8 +116,9 @@ def test_length_buckets_give_the_padded_batch_loss_and_gradients(monkeypatch, fu
     assert b.text_len.min() < b.text_len.max() == b.text.shape[1]  # the short rows are padded
     s = SimpleNamespace(autocast=nullcontext)
 
-    def loss_and_grads(bucket_rows):
+    def loss_and_grads(bucket_rows, packed=False):
         monkeypatch.setattr(train, "LM_BUCKET_ROWS", bucket_rows)
+        monkeypatch.setattr(VLM, "pack_text", packed)  # on a CPU with cross fusion: VLM.lm_real_logits
         model.zero_grad()
         if bucket_rows is None:  # the reference: the whole padded batch, logits everywhere
             img = model.encode_image(b.images)
@@ -128,9 +130,12 @@ def test_length_buckets_give_the_padded_batch_loss_and_gradients(monkeypatch, fu
 
     n = b.text.shape[0]
     assert len(length_buckets(b.text_len, n // 4)) == n // 4 > 2
+    assert model.packs_lm(b.text.device) == (fusion == "cross")
     ref_loss, ref_grads = loss_and_grads(None)
-    for bucket_rows in (4, n):  # several buckets; one bucket (trimmed to the batch's longest)
-        loss, grads = loss_and_grads(bucket_rows)
+    # several buckets; one bucket (trimmed to the batch's longest); the whole batch on its real tokens alone,
+    # cross-attention by image (cross fusion; the buckets again for concat)
+    for bucket_rows, packed in ((4, False), (n, False), (4, True)):
+        loss, grads = loss_and_grads(bucket_rows, packed)
         torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
         assert grads.keys() == ref_grads.keys()
         for k in grads:

@@ -431,6 +431,73 @@ def test_a_block_on_packed_rows_equals_the_padded_block(causal):
         block(rows.pack(x), is_causal=True, rows=rows, context=context, cache=KVCache.for_layers(1)[0])
 
 
+@pytest.mark.parametrize("fold", [False, True])
+def test_packed_rows_attend_by_context_as_with_gathered_contexts(fold, monkeypatch):
+    """Packed rows over shared contexts (context_index) attend laid out by context (Rows.by_context:
+    each context's texts side by side against its one copy of the keys and values, or of the folded
+    form's context): the outputs and gradients of the padded block whose context rows are gathered to
+    every text row."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(Attention, "fold_pays", lambda self, *a: fold)
+    block = Block(16, 4, cross=True)
+    lengths = torch.tensor([5, 2, 4, 3, 1])
+    context_index = torch.tensor([1, 0, 1, 1, 0])  # two contexts, three and two texts
+    x = torch.randn(5, 5, 16, requires_grad=True)
+    context = torch.randn(2, 6, 16, requires_grad=True)
+    valid = torch.arange(5)[None, :] < lengths[:, None]
+    rows = Rows.of_mask(valid)
+    by = rows.by_context(context_index, 2, multiple=4)
+    assert (by.b, by.t) == (2, 12)  # context 1: 5 + 4 + 3 = 12 positions (a multiple of 4); context 0: 2 + 1
+    padded = block(x, context=context.index_select(0, context_index), is_causal=True)[valid]
+    packed = block(rows.pack(x), context=context, is_causal=True, context_index=context_index, rows=rows)
+    torch.testing.assert_close(packed, padded)
+    params = [x, context, *block.parameters()]
+    for g_packed, g_padded in zip(torch.autograd.grad(packed.square().sum(), params),
+                                  torch.autograd.grad(padded.square().sum(), params)):
+        torch.testing.assert_close(g_packed, g_padded)
+
+
+def test_by_context_lays_each_context_s_positions_out_in_order():
+    valid = torch.arange(4)[None, :] < torch.tensor([3, 1, 4])[:, None]  # 8 positions
+    rows = Rows.of_mask(valid)
+    context_index = torch.tensor([2, 0, 2])
+    by = rows.by_context(context_index, 3, multiple=4)
+    assert (by.b, by.t) == (3, 8)  # context 2 holds rows 0 and 2: 3 + 4 positions, rounded up to 8
+    # rows.index is [0, 1, 2, 4, 8, 9, 10, 11]: row 1's one position goes to context 0, slot 0; rows 0 and 2
+    # to context 2's slots 0-6 in their packed order; context 1 holds none
+    assert by.index.tolist() == [16, 17, 18, 0, 19, 20, 21, 22]
+    assert rows.by_context(context_index, 3, multiple=4) is by  # made once for the layers of a call
+    x = torch.arange(8.0)[:, None]
+    assert torch.equal(by.pack(by.pad(x)), x)
+
+
+def test_dropout_masks_keep_the_expectation(monkeypatch):
+    """transformer.Dropout on a CPU (masks from 15 random bits an element): about p of the elements
+    dropped, the rest scaled by the inverse of the keep probability, the gradient the same mask; the same
+    seed gives the same mask; no dropout in eval mode or at p = 0; nn.Dropout's masks where switched off."""
+    from mmcli.model.transformer import Dropout
+
+    d = Dropout(0.2).train()
+    x = torch.ones(500, 400, requires_grad=True)
+    torch.manual_seed(0)
+    y = d(x)
+    dropped = (y == 0).float().mean().item()
+    assert 0.195 < dropped < 0.205
+    assert y.unique().tolist() == [0.0, pytest.approx(32768 / (32768 - 6554))]
+    assert abs(y.mean().item() - 1) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())
+    torch.manual_seed(0)
+    assert torch.equal(d(x), y)
+    assert d(torch.ones(7, 3, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert torch.equal(d.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    monkeypatch.setattr(Dropout, "fast_masks", False)
+    torch.manual_seed(0)
+    ref = nn.functional.dropout(x, 0.2, True)
+    torch.manual_seed(0)
+    assert torch.equal(d.train()(x), ref)
+
+
 @pytest.mark.parametrize("case", ["rows", "context_index", "packed"])
 def test_cross_attention_folded_without_a_cache_gives_the_projected_outputs_and_gradients(case, monkeypatch):
     """A cross-attention without a cache, folded (Attention._folded_attend, where Attention.fold_pays),

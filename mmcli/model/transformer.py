@@ -76,6 +76,35 @@ def causal_mask(tq: int, tk: int, device: torch.device | None = None) -> torch.T
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose masks, on a CPU, come from 15 random bits an element, four elements to one
+    64-bit draw of the generator: ``bernoulli_`` draws a whole number for every element, and on a CPU
+    other than Intel's (where it has no MKL path) took 8 ns an element here, a tenth of a Flickr8k
+    training step with its backbone frozen (benchmarks/profile_caption_step.py --ablate, BENCHMARKS.md). An element
+    is kept with probability 1 - round(p 2^15) / 2^15 (p = 0.2: 0.80000) and scaled by its inverse, so
+    the expectation is unchanged; elsewhere (a GPU) torch's own dropout. Seeded by torch's generator as
+    torch's is, but a different stream: a run's masks differ from ``nn.Dropout``'s."""
+
+    fast_masks = True  # False: nn.Dropout's masks (the ablation of benchmarks/ablate.py fast_masks=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu" or not self.fast_masks or self.inplace:
+            return super().forward(x)
+        if self.p == 1:
+            return x * 0
+        return x * dropout_scale(x, self.p)
+
+
+def dropout_scale(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A dropout mask for ``x`` in its dtype: 0 for a dropped element, else the inverse of the keep
+    probability (see :class:`Dropout`)."""
+    cut = round(p * 32768)
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()  # 63 random bits each
+    bits = bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF  # four 15-bit numbers from each draw
+    return (bits >= cut).to(x.dtype).mul_(32768 / (32768 - cut))
+
+
 @dataclass
 class Rows:
     """The real positions of a right-padded (B, T) batch, for layers that run on them alone: the
@@ -86,6 +115,9 @@ class Rows:
     index: torch.Tensor
     b: int
     t: int
+    # by_context's layouts, made once for all the layers of one call (the context_index kept alive with its
+    # layout, so that its id is not reused)
+    _by_context: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of_mask(cls, valid: torch.Tensor, multiple: int = 1) -> "Rows":
@@ -107,6 +139,26 @@ class Rows:
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """(n, C) -> (B, T, C), zeros at the positions not in ``index``."""
         return x.new_zeros(self.b * self.t, x.shape[-1]).index_copy(0, self.index, x).view(self.b, self.t, -1)
+
+    def by_context(self, context_index: torch.Tensor, contexts: int, multiple: int = 16) -> "Rows":
+        """The same positions laid out by context row instead of by text row: row c of the (``contexts``,
+        L) layout holds, in their packed order, the positions of every text row i with
+        ``context_index[i] == c`` (an image's five captions one after the other), L the most any context
+        row has, rounded up to a multiple of ``multiple`` (fewer new shapes of the attention products).
+        Cross-attention of packed rows attends in this layout: each image's keys and values serve all its
+        texts' queries at once, instead of being gathered to every text row (B copies of (N, D) each, and
+        as many scattered back in the backward). Made once per ``context_index`` and kept."""
+        key = (id(context_index), contexts, multiple)
+        if key not in self._by_context:
+            c = context_index[self.index // self.t]  # (n,) each packed position's context row
+            order = torch.argsort(c, stable=True)  # grouped by context, in packed order within each
+            counts = torch.bincount(c, minlength=contexts)
+            starts = counts.cumsum(0) - counts
+            slot = torch.empty_like(c)
+            slot[order] = torch.arange(c.numel(), device=c.device) - starts[c[order]]
+            t = -(-max(int(counts.max()), 1) // multiple) * multiple
+            self._by_context[key] = (context_index, Rows(c * t + slot, contexts, t))
+        return self._by_context[key][1]
 
 
 def attend(
@@ -309,7 +361,7 @@ class Attention(nn.Module):
         else:
             self.qkv = nn.Linear(dim, 3 * dim)  # one matmul instead of three
         self.proj = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _split(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
         """(B, T, n * D) -> n tensors of (B, H, T, Dh)."""
@@ -361,6 +413,12 @@ class Attention(nn.Module):
             cache.k, cache.v = self.context_kv(cache.context, contiguous=True)
             cache.context = None
         y = self.q(x) if self.cross else self.qkv(x)  # (B, T, D or 3D), or (n, ...) for packed rows
+        if (rows is not None and self.cross and context_index is not None and cache is None and self.record is None
+                and (context is not None or context_kv is not None)):
+            # packed rows over shared contexts: the queries laid out by context row (Rows.by_context), so each
+            # context's keys and values (or the folded form's context) serve its rows as they are, ungathered
+            rows = rows.by_context(context_index, (context if context_kv is None else context_kv[0]).shape[0])
+            context_index = None
         if rows is not None:
             y = rows.pad(y)
         b, t, _ = y.shape
@@ -542,7 +600,7 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.fc2(self.act(self.fc1(x))))

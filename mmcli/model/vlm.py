@@ -246,6 +246,34 @@ class VLM(nn.Module):
             h = h[positions]  # (N, D)
         return self.lm_head(h)
 
+    def packs_lm(self, device: torch.device) -> bool:
+        """Whether :meth:`lm_real_logits` runs here: cross-attention fusion, on a CPU, layers not compiled and
+        packing on (elsewhere the trainer's length buckets cut the pads instead)."""
+        return (self.cfg.fusion == "cross" and self.pack_text and device.type == "cpu"
+                and not self._layers_compiled)
+
+    def lm_real_logits(self, ids: torch.Tensor, real: torch.Tensor, img: torch.Tensor,
+                       img_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Captioning on the real tokens alone: (B, T) input ids and ``real`` (B, T) bool, the positions
+        whose next token is scored (right-padded: a row's first ones) -> their logits (n, V), in
+        ``x[real]`` order; the same as ``lm_logits(None, ids, img=img, img_index=img_index,
+        positions=real)``. Every layer runs on the packed positions (:class:`Rows`: their norms,
+        projections and MLP; causal self-attention in the padded layout, where no real token sees a pad),
+        and cross-attention attends by image (``img_index``: caption row i shows image row
+        ``img_index[i]``; :meth:`Rows.by_context`), so that each image's keys and values serve all its
+        captions without a copy per caption: a whole batch in one call, where length buckets took one
+        call each and gathered the keys and values of every caption's image in each."""
+        rows = Rows.of_mask(real, multiple=PACK_MULTIPLE)
+        x = rows.pack(self.tok_emb(ids) + self.text_pos[:, : ids.shape[1]])  # (n, D)
+        for blk in self.text_blocks:
+            x = blk(x, is_causal=True, rows=rows)
+        for blk in self.fusion_blocks:
+            x = blk(x, context=img, is_causal=True, context_index=img_index, rows=rows)
+        x = self.fusion_norm(x)
+        if x.shape[0] > int(real.sum()):  # the pads that round the packed rows up
+            x = x[real.flatten()[rows.index]]
+        return self.lm_head(x)
+
     def image_kv(self, img: torch.Tensor, rows: int = 0, t: int = 0) -> list | None:
         """Each cross-attention layer's keys and values of image tokens (B, N, D), projected once for
         several :meth:`lm_logits` calls on the same images (the trainer's length buckets of a batch's
