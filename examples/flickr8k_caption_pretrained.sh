@@ -20,6 +20,15 @@ set -euo pipefail
 DATA=${DATA:-../shared/data/flickr8k}
 SEED=${SEED:-0}
 STEPS=${STEPS:-900}
+# SIZE: the image side of the fine-tuning; the pretraining's 128, or another (--model image_size: the
+# image positions resampled to the new grid of tokens), e.g. SIZE=224 into runs/...-224px-s$SEED
+SIZE=${SIZE:-128}
+AT_SIZE=()
+SUFFIX=""
+if [ "$SIZE" != 128 ]; then
+  AT_SIZE=(--model "image_size=$SIZE")
+  SUFFIX="-${SIZE}px"
+fi
 PRETRAIN_RUN="runs/flickr8k-pretrain-s$SEED"
 if [ ! -d "$PRETRAIN_RUN/best" ]; then
   DATA="$DATA" SEED="$SEED" bash "$(dirname "$0")/flickr8k_pretrain.sh"
@@ -27,4 +36,4 @@ fi
 mmcli finetune --task caption --data "flickr8k:$DATA" --init "$PRETRAIN_RUN" \
   --group-captions --augment light --label-smoothing 0.1 --image-cache --precision bf16 \
   --batch-size 32 --lr 5e-4 --warmup-steps 50 --max-steps "$STEPS" --eval-every $((STEPS / 2)) --beam 3 \
-  --seed "$SEED" --out "runs/flickr8k-caption-pt-s$SEED"
+  "${AT_SIZE[@]}" --seed "$SEED" --out "runs/flickr8k-caption-pt$SUFFIX-s$SEED"

@@ -906,19 +906,19 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
     row per image with ``img_index`` mapping caption rows to image rows.
 
     On a CPU with cross-attention fusion the whole batch goes through the layers at once on its real
-    tokens alone (:meth:`VLM.lm_real_logits`). Elsewhere the captions are cut into length buckets
-    (:data:`LM_BUCKET_ROWS` rows or more each), each
-    trimmed to its longest caption, and the LM head sees real predictions only; the buckets share each
-    cross-attention layer's keys and values of the images (:meth:`VLM.image_kv`). Causal,
+    tokens alone (:meth:`VLM.lm_real_logits`, where :meth:`VLM.packs_lm`). Elsewhere the captions are
+    cut into length buckets (:data:`LM_BUCKET_ROWS` rows or more each), each trimmed to its longest
+    caption, and the LM head sees real predictions only; the buckets share each cross-attention
+    layer's keys and values of the images (:meth:`VLM.image_kv`). Causal,
     right-padded text never lets a real token see a pad, so this is the padded batch's loss
     (tests/test_train.py) at about half the decoder's compute on Flickr8k (captions of 16
     tokens on average in batches padded to 32)."""
     from .losses import length_buckets, next_token_targets
 
-    if model.packs_lm(batch.text.device) and int(batch.text_len.max()) > 1:
+    ids = batch.text[:, : int(batch.text_len.max())]
+    real, targets = next_token_targets(ids, batch.text_len)
+    if len(targets) and model.packs_lm(real[:, :-1], img_index is not None):
         # (a CPU: the whole batch in one call, on its real tokens alone, each image's keys and values once)
-        ids = batch.text[:, : int(batch.text_len.max())]
-        real, targets = next_token_targets(ids, batch.text_len)
         with s.autocast():
             logits = model.lm_real_logits(ids[:, :-1], real[:, :-1], img, img_index)  # (n, V)
         n_real = len(targets)

@@ -246,11 +246,15 @@ class VLM(nn.Module):
             h = h[positions]  # (N, D)
         return self.lm_head(h)
 
-    def packs_lm(self, device: torch.device) -> bool:
-        """Whether :meth:`lm_real_logits` runs here: cross-attention fusion, on a CPU, layers not compiled and
-        packing on (elsewhere the trainer's length buckets cut the pads instead)."""
-        return (self.cfg.fusion == "cross" and self.pack_text and device.type == "cpu"
-                and not self._layers_compiled)
+    def packs_lm(self, real: torch.Tensor, grouped: bool) -> bool:
+        """Whether :meth:`lm_real_logits` pays for captions whose predicting positions are ``real`` (B, T):
+        cross-attention fusion on a CPU (layers not compiled, packing on), and the captions either grouped
+        by image or at least ``PACK_PADS`` of the positions padding. Elsewhere the trainer's length buckets
+        cut the pads (captions all of one length, one image each: one bucket, no index work at all)."""
+        if not (self.cfg.fusion == "cross" and self.pack_text and real.device.type == "cpu"
+                and not self._layers_compiled):
+            return False
+        return grouped or int(real.sum()) <= (1 - PACK_PADS) * real.numel()
 
     def lm_real_logits(self, ids: torch.Tensor, real: torch.Tensor, img: torch.Tensor,
                        img_index: torch.Tensor | None = None) -> torch.Tensor:
