@@ -46,8 +46,13 @@ def test_every_script_is_checked():
     assert len(SCRIPTS) >= 8
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_example_script_runs_as_a_dry_run(script, tmp_path):
+SIZED = [(REPO / "examples" / name, {"SIZE": "224"})
+         for name in ("flickr8k_caption_pretrained.sh", "flickr8k_caption_frozen.sh")]
+
+
+@pytest.mark.parametrize("script,extra_env", [(p, {}) for p in SCRIPTS] + SIZED,
+                         ids=lambda v: v.name if hasattr(v, "name") else ",".join(f"{k}={x}" for k, x in v.items()))
+def test_example_script_runs_as_a_dry_run(script, extra_env, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "dry_run.py").write_text(DRY_RUN)
@@ -57,7 +62,8 @@ def test_example_script_runs_as_a_dry_run(script, tmp_path):
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(REPO), "MMCLI_CACHE": str(tmp_path / "cache")}
-    env.pop("DATA", None), env.pop("SEED", None)
+    env.pop("DATA", None), env.pop("SEED", None), env.pop("SIZE", None)
+    env.update(extra_env)  # (SIZE=224: the Flickr8k fine-tunings at another image size)
     # from a scratch directory: the runs/ a script names are never made here, so every branch that
     # trains a missing init run first is taken too
     r = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -65,3 +71,5 @@ def test_example_script_runs_as_a_dry_run(script, tmp_path):
     ran = log.read_text().splitlines() if log.exists() else []
     n_mmcli = sum(line.lstrip().startswith("mmcli ") for line in script.read_text().splitlines())
     assert len(ran) >= n_mmcli, (ran, r.stderr[-2000:])
+    if "SIZE" in extra_env:
+        assert ran[-1].split()[-1].endswith(f"-{extra_env['SIZE']}px-s0"), ran[-1]
