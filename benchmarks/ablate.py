@@ -9,7 +9,8 @@ on the real tokens alone, ``VLM.encode_text``, and the LM loss on a batch's real
 cross-attention), ``share_image_kv`` (the LM loss's length buckets share the images' keys and
 values, ``VLM.image_kv``) and ``pack_fusion`` (the cross-attention fusion layers of VQA's and ITM's
 texts on the real tokens alone, ``VLM.fuse``); of ``Attention``, ``fold_context`` (a cross-attention
-without a cache folded where that takes far fewer FLOPs, ``Attention.fold_pays``); of ``Dropout``,
+without a cache folded where that takes far fewer FLOPs, ``Attention.fold_pays``) and ``attend_by_context``
+(packed rows over shared images attend laid out by image, ``Rows.by_context``); of ``Dropout``,
 ``fast_masks`` (dropout masks from 15-bit numbers on a CPU; 0: torch's ``bernoulli_`` masks). After the command,
 one line on stderr gives the seconds spent in the training loop's parts, summed over the run: the
 losses' forward passes (``train._batch_loss``), ``backward``, the optimizer steps
@@ -27,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SWITCHES = ("pack_text", "fold_cross_attention", "share_image_kv", "pack_fusion", "fold_context", "fast_masks")
+SWITCHES = ("pack_text", "fold_cross_attention", "share_image_kv", "pack_fusion", "fold_context", "attend_by_context",
+            "fast_masks")
 
 
 def main(argv: list[str]) -> int:
@@ -44,7 +46,8 @@ def main(argv: list[str]) -> int:
     from mmcli.model.transformer import Attention, Dropout
     from mmcli.model.vlm import VLM
 
-    owner = {name: {"fold_context": Attention, "fast_masks": Dropout}.get(name, VLM) for name in SWITCHES}
+    owner = {name: {"fold_context": Attention, "attend_by_context": Attention, "fast_masks": Dropout}.get(name, VLM)
+             for name in SWITCHES}
     for setting in settings:
         name, _, value = setting.partition("=")
         if name not in SWITCHES or value not in ("0", "1"):

@@ -13,6 +13,7 @@ backward, AdamW) with the same loss code the trainer runs (``mmcli.train.caption
     python benchmarks/profile_caption_step.py --attention sdpa # SDPA also for bf16 training
     python benchmarks/profile_caption_step.py --compare 10     # all variants, interleaved
     python benchmarks/profile_caption_step.py --ablate 10      # bf16 variants (torch's dropout masks), interleaved
+    python benchmarks/profile_caption_step.py --ablate 10 --cached --image-size 224  # the same, frozen and cached
     python benchmarks/profile_caption_step.py --frozen 10      # full against frozen + cached, FLOPs
     python benchmarks/profile_caption_step.py --itm 10         # ITM: fusion layers on the real tokens or padded
 
@@ -82,10 +83,13 @@ def main() -> None:
     ap.add_argument("--ablate", type=int, metavar="ROUNDS", default=0,
                     help="Instead: ROUNDS interleaved rounds of mmcli's bf16 step against variants (torch's dropout "
                     "with bernoulli_ masks, no dropout at all, bf16 weights without autocast).")
+    ap.add_argument("--cached", action="store_true",
+                    help="With --ablate: the step with the backbone frozen and its features cached.")
     ap.add_argument("--frozen", type=int, metavar="ROUNDS", default=0,
                     help="Instead: the training FLOPs of a step, full and with the backbone frozen and its features "
                     "cached (--freeze-backbone --feature-cache), their ratio (what caching can gain at best), and "
-                    "ROUNDS interleaved rounds of the two bf16 steps, each also with the LM loss over length buckets "
+                    "ROUNDS interleaved rounds of the two bf16 steps, each also with the keys and values gathered "
+                    "to every caption (Attention.attend_by_context = False), with the LM loss over length buckets "
                     "(VLM.pack_text = False) and with the buckets projecting the images' keys and values again "
                     "(VLM.share_image_kv = False too), the ablations.")
     ap.add_argument("--itm", type=int, metavar="ROUNDS", default=0,
@@ -199,6 +203,13 @@ def ablate(args) -> None:
     from torch import nn
 
     model, _, batch = build(args)
+    if args.cached:  # the step of --freeze-backbone --feature-cache: from the backbone's tokens, as frozen() builds it
+        model.vision.frozen = True
+        model.vision.backbone.requires_grad_(False)
+        with torch.no_grad():
+            feats = model.vision.eval().features(batch.images).bfloat16().float()
+        model.train()
+        batch = SimpleNamespace(**{**vars(batch), "images": feats})
     models = {"mmcli bf16 (autocast, 15-bit masks)": model, "torch's dropout (bernoulli_ masks)": copy.deepcopy(model),
               "no dropout": copy.deepcopy(model), "bf16 weights, no autocast": copy.deepcopy(model).to(torch.bfloat16)}
     for m in models["no dropout"].modules():
@@ -221,7 +232,8 @@ def ablate(args) -> None:
 
     times = interleaved({name: one(name) for name in models}, args.ablate)
     base = next(iter(models))
-    print(f"{args.ablate} rounds, {5 * args.images} captions a step, dropout {args.dropout}, "
+    print(f"{args.ablate} rounds, {5 * args.images} captions a step, {args.image_size} px"
+          f"{', backbone frozen and cached' if args.cached else ''}, dropout {args.dropout}, "
           f"threads {torch.get_num_threads()}")
     print(f"{'variant':42s} {'median s':>9s} {'captions/s':>11s} {'speed-up (median, min-max of rounds)':>37s}")
     for name in models:
@@ -234,13 +246,15 @@ def ablate(args) -> None:
 def frozen(args) -> None:
     """Full training against the backbone frozen with its features cached, on one batch: the FLOPs of
     each step (forward and backward, counted by torch's FlopCounterMode) and bf16 step times, the
-    order alternating each round; each also with two ablations: the LM loss over length buckets
+    order alternating each round; each also with three ablations: the packed batch with the images' keys and
+    values gathered to every caption (``Attention.attend_by_context = False``), the LM loss over length buckets
     (``VLM.pack_text = False``: what ran before ``VLM.lm_real_logits``, its buckets sharing the images'
     keys and values), and the buckets each projecting the images' keys and values again
     (``VLM.share_image_kv = False`` too). The cached step reads the backbone's tokens as the feature
     cache gives them (bf16 values in fp32 tensors) and starts at the projection."""
     import copy
 
+    from mmcli.model.transformer import Attention
     from mmcli.model.vlm import VLM
     from mmcli.train import caption_loss, param_groups
 
@@ -254,11 +268,12 @@ def frozen(args) -> None:
     batches = {"full": batch, "frozen + cached": SimpleNamespace(**{**vars(batch), "images": feats})}
     opts = {k: torch.optim.AdamW(param_groups(m, 0.05), lr=1e-3, foreach=True) for k, m in models.items()}
     session = SimpleNamespace(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-    forms = {"": (True, True), ", length buckets": (False, True), ", buckets, kv per bucket": (False, False)}
+    forms = {"": (True, True, True), ", packed, kv gathered": (True, True, False),
+             ", length buckets": (False, True, True), ", buckets, kv per bucket": (False, False, True)}
     variants = [(name, form) for name in models for form in forms]
 
     def set_form(form):
-        VLM.pack_text, VLM.share_image_kv = forms[form]
+        VLM.pack_text, VLM.share_image_kv, Attention.attend_by_context = forms[form]
 
     def loss(name, form):
         set_form(form)
@@ -284,6 +299,8 @@ def frozen(args) -> None:
         print(f"full / frozen + cached{form}: FLOPs {flops[a] / flops[b]:.2f}x (the speed-up caching gives when "
               f"both run at one FLOP rate), time {ratios(times[a], times[b])}")
     for name in models:
+        print(f"{name}: packed, cross-attention by image against the keys and values gathered to every caption: "
+              f"time {ratios(times[name, ', packed, kv gathered'], times[name, ''])}")
         print(f"{name}: mmcli against length buckets: time {ratios(times[name, ', length buckets'], times[name, ''])}; "
               f"buckets sharing the keys and values against per bucket: time "
               f"{ratios(times[name, ', buckets, kv per bucket'], times[name, ', length buckets'])}")

@@ -414,7 +414,7 @@ class Attention(nn.Module):
             cache.context = None
         y = self.q(x) if self.cross else self.qkv(x)  # (B, T, D or 3D), or (n, ...) for packed rows
         if (rows is not None and self.cross and context_index is not None and cache is None and self.record is None
-                and (context is not None or context_kv is not None)):
+                and self.attend_by_context and (context is not None or context_kv is not None)):
             # packed rows over shared contexts: the queries laid out by context row (Rows.by_context), so each
             # context's keys and values (or the folded form's context) serve its rows as they are, ungathered
             rows = rows.by_context(context_index, (context if context_kv is None else context_kv[0]).shape[0])
@@ -461,6 +461,9 @@ class Attention(nn.Module):
             out = rows.pack(out)
         return self.dropout(self.proj(out))
 
+    # False: packed rows over shared contexts attend in their padded layout with the contexts gathered to every
+    # row (the ablation of benchmarks/profile_caption_step.py --frozen and benchmarks/ablate.py attend_by_context=0)
+    attend_by_context = True
     # False: a cross-attention without a cache always projects the context's keys and values (the ablation
     # of benchmarks/peer_hf.py --ablate-train-fold and benchmarks/ablate.py fold_context=0)
     fold_context = True
