@@ -10,6 +10,11 @@
 #     against 966 s for the same fine-tuning with the backbone trained: 1.63x faster.
 #   - dev, beam 3: CIDEr-D 0.2177 (validation at step 450: 0.2054), 8.7% below the full
 #     fine-tuning's 0.2385.
+# Again on 2026-12-07 evening (the LM loss packed, cross-attention by image, 15-bit dropout masks;
+# the pretraining run made again, 27.6 min), against the full fine-tuning from the same run:
+#   - 128 px: 384.7 s against 721.8 s (1.88x), CIDEr-D 0.2353 against 0.2250.
+#   - SIZE=224: 469.2 s against 1,396.2 s (2.98x), CIDEr-D 0.2348 against 0.2435 (-3.6%); with
+#     STEPS=450 (into another --out) 236.0 s (5.92x), CIDEr-D 0.2361 (-3.0%). RESULTS.md has the commands.
 set -euo pipefail
 DATA=${DATA:-../shared/data/flickr8k}
 SEED=${SEED:-0}
