@@ -79,11 +79,12 @@ def causal_mask(tq: int, tk: int, device: torch.device | None = None) -> torch.T
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose masks, on a CPU, come from 15 random bits an element, four elements to one
     64-bit draw of the generator: ``bernoulli_`` draws a whole number for every element, and on a CPU
-    other than Intel's (where it has no MKL path) took 8 ns an element here, a tenth of a Flickr8k
-    training step with its backbone frozen (benchmarks/profile_caption_step.py --ablate, BENCHMARKS.md). An element
-    is kept with probability 1 - round(p 2^15) / 2^15 (p = 0.2: 0.80000) and scaled by its inverse, so
-    the expectation is unchanged; elsewhere (a GPU) torch's own dropout. Seeded by torch's generator as
-    torch's is, but a different stream: a run's masks differ from ``nn.Dropout``'s."""
+    other than Intel's (where it has no MKL path) took 8 ns an element here; paired steps of the
+    Flickr8k recipe ran 3-4% faster with these masks (benchmarks/profile_caption_step.py --ablate,
+    BENCHMARKS.md). An element is kept with probability 1 - round(p 2^15) / 2^15 (p = 0.2: 0.80000) and
+    scaled by its inverse, so the expectation is unchanged; elsewhere (a GPU) torch's own dropout.
+    Seeded by torch's generator as torch's is, but a different stream: a run's masks differ from
+    ``nn.Dropout``'s."""
 
     fast_masks = True  # False: nn.Dropout's masks (the ablation of benchmarks/ablate.py fast_masks=0)
 
