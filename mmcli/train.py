@@ -915,10 +915,10 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
     tokens on average in batches padded to 32)."""
     from .losses import length_buckets, next_token_targets
 
-    ids = batch.text[:, : int(batch.text_len.max())]
-    real, targets = next_token_targets(ids, batch.text_len)
-    if len(targets) and model.packs_lm(real[:, :-1], img_index is not None):
+    if model.packs_lm(batch.text_len, img_index is not None):
         # (a CPU: the whole batch in one call, on its real tokens alone, each image's keys and values once)
+        ids = batch.text[:, : int(batch.text_len.max())]
+        real, targets = next_token_targets(ids, batch.text_len)
         with s.autocast():
             logits = model.lm_real_logits(ids[:, :-1], real[:, :-1], img, img_index)  # (n, V)
         n_real = len(targets)

@@ -187,10 +187,16 @@ class VLM(nn.Module):
         """:class:`Rows` of the real positions of ``valid`` (B, T) for ``blocks`` to run on alone (see
         :meth:`encode_text`), or None: no lengths or no blocks, not on a CPU, compiled layers, the switch
         off, or under ``PACK_PADS`` of the positions padding."""
-        if (self.pack_text and valid is not None and len(blocks) and valid.device.type == "cpu"
-                and not self._layers_compiled and int(valid.sum()) <= (1 - PACK_PADS) * valid.numel()):
+        if valid is not None and len(blocks) and self._packing_pays(int(valid.sum()), valid.numel(), valid.device):
             return Rows.of_mask(valid, multiple=PACK_MULTIPLE)
         return None
+
+    def _packing_pays(self, n_real: int, n_positions: int, device: torch.device, grouped: bool = False) -> bool:
+        """The conditions of running layers on ``n_real`` real positions of ``n_positions`` alone
+        (:meth:`_real_rows`, :meth:`packs_lm`): packing on, a CPU, layers not compiled, and the texts
+        grouped by image or at least ``PACK_PADS`` of the positions padding."""
+        return (self.pack_text and device.type == "cpu" and not self._layers_compiled
+                and (grouped or n_real <= (1 - PACK_PADS) * n_positions))
 
     def text_embedding(self, txt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Text features (B, T, D) -> pooled vector (B, D): the mean over real tokens."""
@@ -246,15 +252,16 @@ class VLM(nn.Module):
             h = h[positions]  # (N, D)
         return self.lm_head(h)
 
-    def packs_lm(self, real: torch.Tensor, grouped: bool) -> bool:
-        """Whether :meth:`lm_real_logits` pays for captions whose predicting positions are ``real`` (B, T):
-        cross-attention fusion on a CPU (layers not compiled, packing on), and the captions either grouped
-        by image or at least ``PACK_PADS`` of the positions padding. Elsewhere the trainer's length buckets
-        cut the pads (captions all of one length, one image each: one bucket, no index work at all)."""
-        if not (self.cfg.fusion == "cross" and self.pack_text and real.device.type == "cpu"
-                and not self._layers_compiled):
-            return False
-        return grouped or int(real.sum()) <= (1 - PACK_PADS) * real.numel()
+    def packs_lm(self, lengths: torch.Tensor, grouped: bool) -> bool:
+        """Whether :meth:`lm_real_logits` pays for captions of ``lengths`` (B,) tokens: cross-attention
+        fusion, the conditions of :meth:`_packing_pays` (a CPU, layers not compiled, packing on), and the
+        captions either grouped by image or at least ``PACK_PADS`` of the predicting positions padding.
+        Elsewhere the trainer's length buckets cut the pads (captions all of one length, one image each:
+        one bucket, no index work at all)."""
+        n_real = int((lengths - 1).clamp(min=0).sum())  # each caption's positions that predict a next token
+        n_positions = len(lengths) * (int(lengths.max()) - 1)
+        return (self.cfg.fusion == "cross" and n_real > 0
+                and self._packing_pays(n_real, n_positions, lengths.device, grouped))
 
     def lm_real_logits(self, ids: torch.Tensor, real: torch.Tensor, img: torch.Tensor,
                        img_index: torch.Tensor | None = None) -> torch.Tensor:
