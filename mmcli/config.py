@@ -7,6 +7,7 @@ is the CPU default, ``dataclasses.replace`` changes a field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import UserError
@@ -54,19 +55,22 @@ class ModelConfig:
     image_adapter: int = 0
 
     def __post_init__(self):
+        for name in ("dim", "heads", "vocab_size", "max_text_len", "image_size", "embed_dim"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("text_layers", "fusion_layers", "image_adapter", "drop_stages", "n_answers"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not (math.isfinite(self.mlp_ratio) and int(self.dim * self.mlp_ratio) >= 1):
+            raise UserError(f"mlp_ratio must give the MLP a hidden width of at least 1, got {self.mlp_ratio}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.fusion not in FUSIONS:
             raise UserError(f"unknown fusion {self.fusion!r}; choose from {', '.join(FUSIONS)}")
         if self.dim % self.heads:
             raise UserError(f"model width {self.dim} is not divisible by {self.heads} heads")
         if self.image_pool not in ("attn", "mean"):
             raise UserError(f"unknown image pooling {self.image_pool!r}; choose attn or mean")
-        if self.image_adapter < 0:
-            raise UserError(f"image_adapter must not be negative, got {self.image_adapter}")
-        if self.drop_stages < 0:
-            raise UserError(f"drop_stages must not be negative, got {self.drop_stages}")
-        for name in ("dim", "heads", "vocab_size", "max_text_len", "image_size", "embed_dim"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
 
     def check_task(self, task: str) -> None:
         """Refuse a task this fusion mode cannot do, with the reason."""
