@@ -491,6 +491,8 @@ def test_dropout_masks_keep_the_expectation(monkeypatch):
     assert torch.equal(d(x), y)
     assert d(torch.ones(7, 3, dtype=torch.bfloat16)).dtype == torch.bfloat16
     assert torch.equal(d.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    for p in (1.0, 0.99999):  # (0.99999 rounds to 2^15 of 2^15: nothing kept, no division by zero)
+        assert torch.equal(Dropout(p).train()(x), torch.zeros_like(x))
     monkeypatch.setattr(Dropout, "fast_masks", False)
     torch.manual_seed(0)
     ref = nn.functional.dropout(x, 0.2, True)

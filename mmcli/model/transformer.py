@@ -91,7 +91,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu" or not self.fast_masks or self.inplace:
             return super().forward(x)
-        if self.p == 1:
+        if round(self.p * 32768) == 32768:  # (p within 2^-16 of 1: every element dropped, as nn.Dropout(1.0))
             return x * 0
         return x * dropout_scale(x, self.p)
 
