@@ -173,6 +173,8 @@ def test_bad_weights_files(tmp_path):
         VisionTower(CNN, dim=8, image_size=64, weights=tmp_path / "junk.safetensors")
     with pytest.raises(UserError, match=r"nothere\.pth: weights file not found"):
         VisionTower(CNN, dim=8, image_size=64, weights=tmp_path / "nothere.pth")
+    with pytest.raises(UserError, match=r"nothere: weights file not found"):  # (missing first, whatever its name)
+        VisionTower(CNN, dim=8, image_size=64, weights=tmp_path / "nothere")
     (tmp_path / "w.npz").write_bytes(b"")
     with pytest.raises(UserError, match=r"w\.npz: unknown weights format '\.npz'"):
         VisionTower(CNN, dim=8, image_size=64, weights=tmp_path / "w.npz")

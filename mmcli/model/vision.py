@@ -257,11 +257,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     p = Path(path)
     suffix = p.suffix.lower()
+    if not p.is_file():
+        raise UserError(f"{path}: weights file not found")
     if suffix not in WEIGHT_SUFFIXES:
         raise UserError(f"{path}: unknown weights format {suffix or '(no extension)'!r}; "
                         f"expected one of {', '.join(WEIGHT_SUFFIXES)}")
-    if not p.is_file():
-        raise UserError(f"{path}: weights file not found")
     if suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
