@@ -134,7 +134,7 @@ def test_length_buckets_give_the_padded_batch_loss_and_gradients(monkeypatch, fu
     assert not model.packs_lm(torch.full_like(b.text_len, 24), False)  # no pads, one image each: one bucket
     assert model.packs_lm(torch.full_like(b.text_len, 24), True) == (fusion == "cross")  # grouped by image
     assert not model.packs_lm(torch.ones_like(b.text_len), True)  # captions of one token: nothing predicts
-    assert not model._packing_pays(1, 100, torch.device("cuda"), grouped=True)  # a GPU keeps the buckets
+    assert not model._can_pack(torch.device("cuda"))  # a GPU keeps the buckets (and counts nothing first)
     ref_loss, ref_grads = loss_and_grads(None)
     # several buckets; one bucket (trimmed to the batch's longest); the whole batch on its real tokens alone,
     # cross-attention by image (cross fusion; the buckets again for concat)

@@ -187,16 +187,16 @@ class VLM(nn.Module):
         """:class:`Rows` of the real positions of ``valid`` (B, T) for ``blocks`` to run on alone (see
         :meth:`encode_text`), or None: no lengths or no blocks, not on a CPU, compiled layers, the switch
         off, or under ``PACK_PADS`` of the positions padding."""
-        if valid is not None and len(blocks) and self._packing_pays(int(valid.sum()), valid.numel(), valid.device):
+        if (valid is not None and len(blocks) and self._can_pack(valid.device)
+                and _padded_enough(int(valid.sum()), valid.numel())):
             return Rows.of_mask(valid, multiple=PACK_MULTIPLE)
         return None
 
-    def _packing_pays(self, n_real: int, n_positions: int, device: torch.device, grouped: bool = False) -> bool:
-        """The conditions of running layers on ``n_real`` real positions of ``n_positions`` alone
-        (:meth:`_real_rows`, :meth:`packs_lm`): packing on, a CPU, layers not compiled, and the texts
-        grouped by image or at least ``PACK_PADS`` of the positions padding."""
-        return (self.pack_text and device.type == "cpu" and not self._layers_compiled
-                and (grouped or n_real <= (1 - PACK_PADS) * n_positions))
+    def _can_pack(self, device: torch.device) -> bool:
+        """Whether layers may run on the real positions alone at all (:meth:`_real_rows`, :meth:`packs_lm`):
+        packing on, a CPU, layers not compiled. Checked before any count of the positions, which would wait
+        for a GPU."""
+        return self.pack_text and device.type == "cpu" and not self._layers_compiled
 
     def text_embedding(self, txt: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Text features (B, T, D) -> pooled vector (B, D): the mean over real tokens."""
@@ -254,14 +254,13 @@ class VLM(nn.Module):
 
     def packs_lm(self, lengths: torch.Tensor, grouped: bool) -> bool:
         """Whether :meth:`lm_real_logits` pays for captions of ``lengths`` (B,) tokens: cross-attention
-        fusion, the conditions of :meth:`_packing_pays` (a CPU, layers not compiled, packing on), and the
-        captions either grouped by image or at least ``PACK_PADS`` of the predicting positions padding.
-        Elsewhere the trainer's length buckets cut the pads (captions all of one length, one image each:
-        one bucket, no index work at all)."""
+        fusion, :meth:`_can_pack` (a CPU, layers not compiled, packing on), and the captions either grouped
+        by image or at least ``PACK_PADS`` of the predicting positions padding. Elsewhere the trainer's length
+        buckets cut the pads (captions all of one length, one image each: one bucket, no index work at all)."""
+        if self.cfg.fusion != "cross" or not self._can_pack(lengths.device):
+            return False
         n_real = int((lengths - 1).clamp(min=0).sum())  # each caption's positions that predict a next token
-        n_positions = len(lengths) * (int(lengths.max()) - 1)
-        return (self.cfg.fusion == "cross" and n_real > 0
-                and self._packing_pays(n_real, n_positions, lengths.device, grouped))
+        return n_real > 0 and (grouped or _padded_enough(n_real, len(lengths) * (int(lengths.max()) - 1)))
 
     def lm_real_logits(self, ids: torch.Tensor, real: torch.Tensor, img: torch.Tensor,
                        img_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -455,6 +454,12 @@ class VLM(nn.Module):
                 x = blk(x, is_causal=True, cache=cache)  # cross-attends to the cached image
         state.pos += t
         return self.lm_head(self.fusion_norm(x))
+
+
+def _padded_enough(n_real: int, n_positions: int) -> bool:
+    """Whether at least ``PACK_PADS`` of ``n_positions`` are pads, ``n_real`` of them real: running layers on
+    the real positions alone then pays for its index work."""
+    return n_real <= (1 - PACK_PADS) * n_positions
 
 
 def _valid(lengths: torch.Tensor, T: int) -> torch.Tensor:
