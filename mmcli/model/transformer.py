@@ -91,7 +91,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu" or not self.fast_masks or self.inplace:
             return super().forward(x)
-        if round(self.p * 32768) == 32768:  # (p within 2^-16 of 1: every element dropped, as nn.Dropout(1.0))
+        if self.p == 1:
             return x * 0
         return x * dropout_scale(x, self.p)
 
@@ -103,7 +103,8 @@ def dropout_scale(x: torch.Tensor, p: float) -> torch.Tensor:
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()  # 63 random bits each
     bits = bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF  # four 15-bit numbers from each draw
-    return (bits >= cut).to(x.dtype).mul_(32768 / (32768 - cut))
+    # (p within 2^-16 of 1 keeps nothing: every element dropped, as at p = 1, and no division by zero)
+    return (bits >= cut).to(x.dtype).mul_(32768 / (32768 - cut) if cut < 32768 else 0.0)
 
 
 @dataclass
