@@ -194,6 +194,17 @@ def flops_of(fn) -> int:
     return counter.get_total_flops()
 
 
+def frozen_and_cached(model, batch) -> SimpleNamespace:
+    """``model``'s backbone frozen (in eval mode after this) and ``batch`` with the backbone's tokens (B, N, C) for
+    images, as the feature cache gives them (bf16 values in fp32 tensors): the step of --freeze-backbone
+    --feature-cache, which starts at the projection."""
+    model.vision.frozen = True
+    model.vision.backbone.requires_grad_(False)
+    with torch.no_grad():
+        feats = model.vision.eval().features(batch.images).bfloat16().float()
+    return SimpleNamespace(**{**vars(batch), "images": feats})
+
+
 def ablate(args) -> None:
     """mmcli's bf16 step (autocast, its dropout masks from 15-bit numbers) against variants, on copies of one model:
     torch's dropout (``bernoulli_`` masks, mmcli's until 2026-12-07), no dropout, bf16 weights without autocast;
@@ -203,13 +214,9 @@ def ablate(args) -> None:
     from torch import nn
 
     model, _, batch = build(args)
-    if args.cached:  # the step of --freeze-backbone --feature-cache: from the backbone's tokens, as frozen() builds it
-        model.vision.frozen = True
-        model.vision.backbone.requires_grad_(False)
-        with torch.no_grad():
-            feats = model.vision.eval().features(batch.images).bfloat16().float()
+    if args.cached:
+        batch = frozen_and_cached(model, batch)
         model.train()
-        batch = SimpleNamespace(**{**vars(batch), "images": feats})
     models = {"mmcli bf16 (autocast, 15-bit masks)": model, "torch's dropout (bernoulli_ masks)": copy.deepcopy(model),
               "no dropout": copy.deepcopy(model), "bf16 weights, no autocast": copy.deepcopy(model).to(torch.bfloat16)}
     for m in models["no dropout"].modules():
@@ -260,12 +267,9 @@ def frozen(args) -> None:
 
     full, _, batch = build(args)
     cached = copy.deepcopy(full)
-    cached.vision.frozen = True
-    cached.vision.backbone.requires_grad_(False)
-    with torch.no_grad():
-        feats = cached.vision.eval().features(batch.images).bfloat16().float()  # (B, N, C)
-    models = {"full": full.train(), "frozen + cached": cached.train()}
-    batches = {"full": batch, "frozen + cached": SimpleNamespace(**{**vars(batch), "images": feats})}
+    models = {"full": full.train(), "frozen + cached": cached}
+    batches = {"full": batch, "frozen + cached": frozen_and_cached(cached, batch)}
+    cached.train()
     opts = {k: torch.optim.AdamW(param_groups(m, 0.05), lr=1e-3, foreach=True) for k, m in models.items()}
     session = SimpleNamespace(autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     forms = {"": (True, True, True), ", packed, kv gathered": (True, True, False),
