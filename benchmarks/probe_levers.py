@@ -9,6 +9,9 @@ BENCHMARKS.md, "Levers probed and not kept", has the results and why each was le
   contiguous memory, against mmcli's (B, N, T H) with the softmax along the middle dimension
   (``Attention._folded_forward``): scores as ``bmm(u, ctx^T)``, or mmcli's product then a transposed copy;
 * ``decode_halves``: the same decoding as two half batches in two threads of one intra-op thread each;
+* ``decode_chunks``: the same decoding with the folded cross-attention's two products over the image
+  run 8 images at a time, so that the second finds its images in the cache (one read of the image a
+  layer instead of two);
 * ``bf16_stream``: a bf16 training step with the residual stream in bf16 (every block's input cast,
   as Megatron's default) against autocast's fp32 stream; ``--compile`` also both with the layers compiled;
 * ``whole_compile``: the caption loss compiled as one function against ``VLM.compile_layers``
@@ -45,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_hf  # noqa: E402  (the peer shape's model, batch, training step and CPU share)
 from profile_caption_step import interleaved  # noqa: E402
 
-PROBES = ("decode_softmax", "decode_halves", "bf16_stream", "whole_compile", "ce_compile", "bias_linear",
-          "attention_pad", "patch_linear")
+PROBES = ("decode_softmax", "decode_halves", "decode_chunks", "bf16_stream", "whole_compile", "ce_compile",
+          "bias_linear", "attention_pad", "patch_linear")
 BF16 = torch.bfloat16
 
 
@@ -122,7 +125,22 @@ def _transposed_softmax(self, x, cache):
     return self.dropout(outward(torch.bmm(p, ctx).reshape(b, t, self.heads * d)))
 
 
-def decode_softmax(a) -> None:
+def _in_chunks(self, x, cache, k: int = 8):
+    """``Attention._folded_forward`` with both products over the image run ``k`` images at a time."""
+    b, t, d = x.shape
+    ctx = cache.context
+    _, inward, outward = self._folded
+    u = inward(x).view(b, t * self.heads, d)
+    avg = torch.empty(b, t * self.heads, d, dtype=ctx.dtype)
+    for c in range(0, b, k):
+        p = torch.bmm(ctx[c:c + k], u[c:c + k].transpose(1, 2)).softmax(dim=1, dtype=torch.float32).to(ctx.dtype)
+        torch.bmm(p.transpose(1, 2), ctx[c:c + k], out=avg[c:c + k])
+    return self.dropout(outward(avg.reshape(b, t, self.heads * d)))
+
+
+def compare_folded_forward(a, title: str, impls: dict) -> None:
+    """fp32 greedy decoding with each cross-attention layer's ``_folded_forward`` replaced by each of
+    ``impls`` (name -> function; None: mmcli's), interleaved; checks that the tokens are the same."""
     from mmcli.model.transformer import Attention
 
     model, images, run = decoding_model()
@@ -139,13 +157,20 @@ def decode_softmax(a) -> None:
             tokens[name] = run(images)
         return go
 
-    fns = {"mmcli (B, N, T H)": variant("mmcli", None), "scores (B, T H, N)": variant("last", _tokens_last),
-           "mmcli's product, transposed copy": variant("copy", _transposed_softmax)}
-    times, share = timed(fns, a.rounds)
+    times, share = timed({name: variant(name, impl) for name, impl in impls.items()}, a.rounds)
     variant("mmcli", None)
-    same = tokens["mmcli"] == tokens["last"] == tokens["copy"]
-    report("decode_softmax: fp32 greedy decoding, 20 tokens, batch 32", times, "mmcli (B, N, T H)", share,
+    same = all(t == tokens[next(iter(impls))] for t in tokens.values())
+    report(f"{title}: fp32 greedy decoding, 20 tokens, batch 32", times, next(iter(impls)), share,
            note=f"; the same tokens: {same}")
+
+
+def decode_softmax(a) -> None:
+    compare_folded_forward(a, "decode_softmax", {"mmcli (B, N, T H)": None, "scores (B, T H, N)": _tokens_last,
+                                                 "mmcli's product, transposed copy": _transposed_softmax})
+
+
+def decode_chunks(a) -> None:
+    compare_folded_forward(a, "decode_chunks", {"mmcli (the batch at once)": None, "8 images at a time": _in_chunks})
 
 
 def decode_halves(a) -> None:
