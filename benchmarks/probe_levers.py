@@ -104,43 +104,42 @@ def decoding_model():
     return model, images, lambda imgs: greedy(model, imgs, 1, 2, a.text_len, min_len=a.text_len)
 
 
-def _tokens_last(self, x, cache):
-    """``Attention._folded_forward`` with the scores as bmm(u, ctx^T): (B, T H, N)."""
-    b, t, d = x.shape
-    ctx = cache.context
-    _, inward, outward = self._folded
-    u = inward(x).view(b, t * self.heads, d)
+def folded_forward_with(average):
+    """``Attention._folded_forward`` with its average of the context replaced by ``average(u, ctx)``: u (B, T H, D)
+    each query row's heads in the context's space, ctx (B, N, D) -> (B, T H, D)."""
+    def forward(self, x, cache):
+        b, t, d = x.shape
+        _, inward, outward = self._folded
+        avg = average(inward(x).view(b, t * self.heads, d), cache.context)
+        return self.dropout(outward(avg.reshape(b, t, self.heads * d)))
+    return forward
+
+
+def _tokens_last(u, ctx):
+    """The scores as bmm(u, ctx^T): (B, T H, N), the softmax along the last dimension."""
     p = torch.bmm(u, ctx.transpose(1, 2)).softmax(dim=-1, dtype=torch.float32).to(ctx.dtype)
-    return self.dropout(outward(torch.bmm(p, ctx).reshape(b, t, self.heads * d)))
+    return torch.bmm(p, ctx)
 
 
-def _transposed_softmax(self, x, cache):
-    """``Attention._folded_forward`` with mmcli's product, then the scores copied to (B, T H, N)."""
-    b, t, d = x.shape
-    ctx = cache.context
-    _, inward, outward = self._folded
-    u = inward(x).view(b, t * self.heads, d)
+def _transposed_softmax(u, ctx):
+    """mmcli's product, then the scores copied to (B, T H, N)."""
     s = torch.bmm(ctx, u.transpose(1, 2)).transpose(1, 2).contiguous()
-    p = s.softmax(dim=-1, dtype=torch.float32).to(ctx.dtype)
-    return self.dropout(outward(torch.bmm(p, ctx).reshape(b, t, self.heads * d)))
+    return torch.bmm(s.softmax(dim=-1, dtype=torch.float32).to(ctx.dtype), ctx)
 
 
-def _in_chunks(self, x, cache, k: int = 8):
-    """``Attention._folded_forward`` with both products over the image run ``k`` images at a time."""
-    b, t, d = x.shape
-    ctx = cache.context
-    _, inward, outward = self._folded
-    u = inward(x).view(b, t * self.heads, d)
-    avg = torch.empty(b, t * self.heads, d, dtype=ctx.dtype)
-    for c in range(0, b, k):
+def _in_chunks(u, ctx, k: int = 8):
+    """mmcli's two products over the image run ``k`` images at a time."""
+    avg = torch.empty_like(u)
+    for c in range(0, len(u), k):
         p = torch.bmm(ctx[c:c + k], u[c:c + k].transpose(1, 2)).softmax(dim=1, dtype=torch.float32).to(ctx.dtype)
         torch.bmm(p.transpose(1, 2), ctx[c:c + k], out=avg[c:c + k])
-    return self.dropout(outward(avg.reshape(b, t, self.heads * d)))
+    return avg
 
 
 def compare_folded_forward(a, title: str, impls: dict) -> None:
     """fp32 greedy decoding with each cross-attention layer's ``_folded_forward`` replaced by each of
-    ``impls`` (name -> function; None: mmcli's), interleaved; checks that the tokens are the same."""
+    ``impls`` (name -> an average for :func:`folded_forward_with`; None: mmcli's), interleaved; checks that the
+    tokens are the same."""
     from mmcli.model.transformer import Attention
 
     model, images, run = decoding_model()
@@ -153,7 +152,7 @@ def compare_folded_forward(a, title: str, impls: dict) -> None:
                 if impl is None:
                     m.__dict__.pop("_folded_forward", None)
                 else:
-                    m._folded_forward = MethodType(impl, m)
+                    m._folded_forward = MethodType(folded_forward_with(impl), m)
             tokens[name] = run(images)
         return go
 
