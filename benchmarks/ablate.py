@@ -11,7 +11,9 @@ values, ``VLM.image_kv``) and ``pack_fusion`` (the cross-attention fusion layers
 texts on the real tokens alone, ``VLM.fuse``); of ``Attention``, ``fold_context`` (a cross-attention
 without a cache folded where that takes far fewer FLOPs, ``Attention.fold_pays``) and ``attend_by_context``
 (packed rows over shared images attend laid out by image, ``Rows.by_context``); of ``Dropout``,
-``fast_masks`` (dropout masks from 15-bit numbers on a CPU; 0: torch's ``bernoulli_`` masks). After the command,
+``fast_masks`` (dropout masks from 15-bit numbers on a CPU; 0: torch's ``bernoulli_`` masks); of ``mmcli.losses``,
+``FUSED_CE`` (the LM loss's cross-entropy chunked with its gradient made in the forward pass on a CPU,
+``losses.token_cross_entropy``; 0: ``F.cross_entropy`` on an fp32 copy of the logits). After the command,
 one line on stderr gives the seconds spent in the training loop's parts, summed over the run: the
 losses' forward passes (``train._batch_loss``), ``backward``, the optimizer steps
 (``train._optimizer_step``) and validation (``train.validate``). The whole-run
@@ -29,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SWITCHES = ("pack_text", "fold_cross_attention", "share_image_kv", "pack_fusion", "fold_context", "attend_by_context",
-            "fast_masks")
+            "fast_masks", "FUSED_CE")
 
 
 def main(argv: list[str]) -> int:
@@ -41,13 +43,13 @@ def main(argv: list[str]) -> int:
     settings, command = argv[:cut], argv[cut + 1:]
     import torch
 
-    from mmcli import train
+    from mmcli import losses, train
     from mmcli.cli import main as mmcli_main
     from mmcli.model.transformer import Attention, Dropout
     from mmcli.model.vlm import VLM
 
-    owner = {name: {"fold_context": Attention, "attend_by_context": Attention, "fast_masks": Dropout}.get(name, VLM)
-             for name in SWITCHES}
+    owner = {name: {"fold_context": Attention, "attend_by_context": Attention, "fast_masks": Dropout,
+                    "FUSED_CE": losses}.get(name, VLM) for name in SWITCHES}
     for setting in settings:
         name, _, value = setting.partition("=")
         if name not in SWITCHES or value not in ("0", "1"):

@@ -14,8 +14,9 @@ warm-up rounds, it times:
   ``mmcli finetune`` does (``mmcli.train.caption_loss``, the trainer's optimizer, and on a CPU
   oneDNN's linear layers, mmcli/model/packed.py; ``--no-pack`` for the ablation without them; the
   cross-attention folded onto the image, which takes fewer FLOPs at this shape, Attention.fold_pays;
-  ``--ablate-train-fold`` also times, in the same rounds, the same step with each layer's keys and
-  values of the image projected);
+  ``--ablate-train fold`` also times, in the same rounds, the same step with each layer's keys and
+  values of the image projected, ``--ablate-train ce`` with the plain cross-entropy instead of
+  ``mmcli.losses.token_cross_entropy``);
 * ``greedy_fp32`` / ``greedy_bf16``: greedy generation of 20 tokens for the batch, KV cache on
   both sides, end-of-sequence disabled (both emit 20 tokens); mmcli's model is loaded as
   ``mmcli caption`` loads it (``mmcli.load``: eval mode, on a CPU oneDNN's prepacked linear
@@ -144,15 +145,30 @@ def mmcli_train_step(model, opt, batch, dtype: torch.dtype | None) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def unfolded(fn) -> None:
-    """fn() with every cross-attention projecting its context's keys and values (``--ablate-train-fold``)."""
-    from mmcli.model.transformer import Attention
+# --ablate-train NAME: the switch it turns off for mmcli's step (owner, attribute), the name of the timed
+# variant, and what that variant does instead
+ABLATIONS = {
+    "fold": ("mmcli.model.transformer:Attention", "fold_context", "mmcli unfolded",
+             "with the cross-attention unfolded (each layer's keys and values of the image projected)"),
+    "ce": ("mmcli.losses", "FUSED_CE", "mmcli plain CE",
+           "with the plain cross-entropy (F.cross_entropy over an fp32 copy of the logits)"),
+}
 
-    before, Attention.fold_context = Attention.fold_context, False
+
+def ablated(name: str, fn) -> None:
+    """fn() with the switch of ``ABLATIONS[name]`` off."""
+    import importlib
+
+    module, _, cls = ABLATIONS[name][0].partition(":")
+    owner = importlib.import_module(module)
+    owner = getattr(owner, cls) if cls else owner
+    attr = ABLATIONS[name][1]
+    before = getattr(owner, attr)
+    setattr(owner, attr, False)
     try:
         fn()
     finally:
-        Attention.fold_context = before
+        setattr(owner, attr, before)
 
 
 def hf_train_step(model, opt, b, bf16: bool) -> None:
@@ -309,8 +325,8 @@ def contenders(a, device, mm, hf, gen, b):
         fns = {"mmcli": lambda: mmcli_train_step(mm, opt_mm, b, dtype), "hf": lambda: hf_train_step(hf, opt_hf, b, bf16)}
         if compiled is not None:
             fns["mmcli --compile"] = lambda: mmcli_train_step(compiled, opt_c, b, dtype)
-        if a.ablate_train_fold:
-            fns["mmcli unfolded"] = lambda: unfolded(lambda: mmcli_train_step(mm, opt_mm, b, dtype))
+        for name in a.ablate_train:
+            fns[ABLATIONS[name][2]] = lambda name=name: ablated(name, lambda: mmcli_train_step(mm, opt_mm, b, dtype))
         return fns
 
     def generate(beam, bf16):
@@ -395,9 +411,11 @@ def report(a, res: dict) -> list[dict]:
             rows.append(_row(a, res, p, (mm_name, by_name[mm_name]), (hf_name, by_name[hf_name])))
             for other in hf_names:
                 rows[-1][f"{other} per s"] = a.batch / statistics.median(by_name[other])
-            if mm_name == "mmcli unfolded":  # the fold's gain: mmcli's step against this one, per round
+            ablation = next((k for k, v in ABLATIONS.items() if v[2] == mm_name), None)
+            if ablation:  # the switch's gain: mmcli's step against this one, per round
                 gains = [u / f for u, f in zip(by_name[mm_name], by_name["mmcli"])]
-                rows[-1].update(fold_gain=statistics.median(gains), fold_gain_min=min(gains), fold_gain_max=max(gains))
+                rows[-1].update(ablation=ablation, gain=statistics.median(gains), gain_min=min(gains),
+                                gain_max=max(gains))
     return rows
 
 
@@ -437,9 +455,9 @@ def print_table(a, rows: list[dict], device) -> None:
     for r in ceil:
         print(f"matmul ceiling in {r['phase']} rounds: {r['ceiling_tflops']:.2f} TFLOP/s "
               f"({r['phase'].rsplit('_', 1)[1]}, median of the rounds)")
-    for r in (r for r in rows if "fold_gain" in r):
-        print(f"{r['phase'].split()[0]}: mmcli's step {r['fold_gain']:.2f}x ({r['fold_gain_min']:.2f}-"
-              f"{r['fold_gain_max']:.2f}) as fast as with the cross-attention unfolded, in the same rounds")
+    for r in (r for r in rows if "gain" in r):
+        print(f"{r['phase'].split()[0]}: mmcli's step {r['gain']:.2f}x ({r['gain_min']:.2f}-{r['gain_max']:.2f}) "
+              f"as fast as {ABLATIONS[r['ablation']][3]}, in the same rounds")
     busy = [r["phase"] for r in rows if (r["cpu_other"] or 0) > 0.05]
     if busy:
         print(f"note: other processes used over 5% of the CPU during {', '.join(busy)}: rerun on an idle machine")
@@ -481,10 +499,13 @@ def main() -> None:
     ap.add_argument("--no-fold", dest="fold", action="store_false",
                     help="mmcli's decoding with each layer's keys and values of the image cached, not the "
                          "cross-attention folded onto the image (an ablation; VLM.fold_cross_attention).")
-    ap.add_argument("--ablate-train-fold", action="store_true",
-                    help="Also time mmcli's training step with each cross-attention layer's keys and values of the "
-                         "image projected, not the cross-attention folded onto the image (Attention.fold_context "
-                         "off): the row '(unfolded)', and the fold's gain over it in the same rounds.")
+    ap.add_argument("--ablate-train", default="", metavar="NAMES",
+                    help="Also time mmcli's training step with these of its speed-ups off, comma-separated: fold "
+                         "(each cross-attention layer's keys and values of the image projected, not the "
+                         "cross-attention folded onto the image: Attention.fold_context off), ce (F.cross_entropy over "
+                         "an fp32 copy of the logits, not mmcli.losses.token_cross_entropy): a row each, and each "
+                         "speed-up's gain over it in the same rounds.")
+    ap.add_argument("--ablate-train-fold", action="store_true", help="The same as --ablate-train fold.")
     ap.add_argument("--compile", action="store_true",
                     help="Also time mmcli's training step with its layers compiled (mmcli finetune --compile), and "
                          "its generation with the decoding step compiled (mmcli caption --compile); the first "
@@ -498,6 +519,11 @@ def main() -> None:
     ap.add_argument("--json", help="Also write the rows and raw timings to this file.")
     a = ap.parse_args()
     a.phases = [p for p in a.phases.split(",") if p]
+    a.ablate_train = [n for n in a.ablate_train.split(",") if n] + (["fold"] if a.ablate_train_fold else [])
+    if set(a.ablate_train) - set(ABLATIONS):
+        ap.error(f"unknown --ablate-train {sorted(set(a.ablate_train) - set(ABLATIONS))}; choose from "
+                 f"{', '.join(ABLATIONS)}")
+    a.ablate_train = list(dict.fromkeys(a.ablate_train))
     unknown = sorted(set(a.phases) - set(PHASES))
     if unknown:
         ap.error(f"unknown phases {unknown}; choose from {', '.join(PHASES)}")

@@ -18,6 +18,74 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
     return F.cross_entropy(logits[real], targets, label_smoothing=label_smoothing)
 
 
+# rows of logits a chunk of token_cross_entropy works on: 128 x a vocabulary of 8,000 in fp32 is 4 MB, which
+# stays in cache through the chunk's passes (benchmarks/probe_levers.py ce_fused: 64 and 256 were slower)
+CE_ROWS = 128
+# False: token_cross_entropy is the plain loss on a CPU too (the ablation of benchmarks/peer_hf.py --ablate-train ce
+# and benchmarks/ablate.py fused_ce=0)
+FUSED_CE = True
+
+
+class _TokenCrossEntropy(torch.autograd.Function):
+    """``token_cross_entropy``'s loss, with its gradient made in the forward pass, chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, label_smoothing: float, scale: float):
+        n, v = logits.shape
+        eps = label_smoothing
+        grad = torch.empty_like(logits)
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)  # each row's log-sum-exp
+        mean = torch.empty_like(lse) if eps else None  # each row's mean logit (label smoothing's term)
+        buf = torch.empty(min(CE_ROWS, n), v, dtype=torch.float32, device=logits.device)
+        ar = torch.arange(len(buf), device=logits.device)
+        for i in range(0, n, CE_ROWS):
+            m = min(CE_ROWS, n - i)
+            x = buf[:m]
+            x.copy_(logits[i:i + m])
+            if eps:
+                torch.mean(x, 1, out=mean[i:i + m])
+            top = x.amax(1, keepdim=True)
+            x.sub_(top).exp_()
+            total = x.sum(1, keepdim=True)
+            torch.add(top.squeeze(1), total.squeeze(1).log(), out=lse[i:i + m])
+            # d loss / d logits = scale (softmax - (1 - eps) onehot - eps / V)
+            x.mul_(scale / total)
+            x[ar[:m], targets[i:i + m]] -= (1 - eps) * scale
+            if eps:
+                x.sub_(eps * scale / v)
+            grad[i:i + m].copy_(x)
+        picked = logits.gather(1, targets[:, None]).squeeze(1).float()
+        loss = (lse - (1 - eps) * picked).sum()
+        if eps:
+            loss = loss - eps * mean.sum()
+        ctx.save_for_backward(grad)
+        return loss * scale
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return grad * g, None, None, None
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+                        scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``F.cross_entropy(logits.float(), targets, label_smoothing=..., reduction="sum") * scale`` for (n, V)
+    logits of any float dtype, as an fp32 scalar.
+
+    On a CPU it works through the logits 128 rows at a time in one fp32 buffer that stays in cache, and
+    writes the gradient (in the logits' dtype) in the same pass, where the plain loss makes an fp32 copy
+    of all the logits, its log-softmax, a zero-filled gradient and its cast back, each in fresh memory:
+    at a batch of 640 tokens and 8,000 words that is about 25 ms of a 700 ms bf16 training step on this
+    machine (BENCHMARKS.md). The gradient is rounded once, as the plain loss's is, when the loss is
+    backpropagated as it is (``scale`` carries the mean's division); the sum of a chunked fp32 reduction
+    can differ from the plain one in the last bits. Elsewhere (CUDA: one fused kernel) it is the plain loss."""
+    if logits.device.type != "cpu" or not FUSED_CE:
+        return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing, reduction="sum") * scale
+    if not len(targets):
+        return logits.sum() * 0.0
+    return _TokenCrossEntropy.apply(logits, targets, float(label_smoothing), float(scale))
+
+
 def next_token_targets(ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(real (B, T) bool, targets (N,)): the positions whose next token is a real one, and
     those next tokens, in the order of ``x[real]`` for any (B, T, ...) x.

@@ -56,7 +56,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import preset
 from .device import (Distributed, all_ranks, barrier, broadcast_object, gather, gather_objects, is_main,
@@ -913,7 +912,7 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
     right-padded text never lets a real token see a pad, so this is the padded batch's loss
     (tests/test_train.py) at about half the decoder's compute on Flickr8k (captions of 16
     tokens on average in batches padded to 32)."""
-    from .losses import length_buckets, next_token_targets
+    from .losses import length_buckets, next_token_targets, token_cross_entropy
 
     if model.packs_lm(batch.text_len, img_index is not None):
         # (a CPU: the whole batch in one call, on its real tokens alone, each image's keys and values once)
@@ -922,8 +921,7 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
         with s.autocast():
             logits = model.lm_real_logits(ids[:, :-1], real[:, :-1], img, img_index)  # (n, V)
         n_real = len(targets)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing, reduction="sum")
-        return loss / n_real * share(n_real)
+        return token_cross_entropy(logits, targets, label_smoothing, scale=share(n_real) / max(n_real, 1))
     n_rows = batch.text.shape[0]
     buckets = length_buckets(batch.text_len, max(1, n_rows // LM_BUCKET_ROWS))
     if img_index is None and len(buckets) == 1:  # pairs in one bucket: every row in its order, no gather
@@ -933,11 +931,16 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
         same_order = False
         if img_index is None:  # one image row per caption
             img_index = torch.arange(n_rows, device=batch.text.device)
+    # each token's loss scaled by 1 / the batch's count of predictions (times this rank's share under torchrun)
+    # as it is summed, so that the backward pass scales no gradient again; a tensor, not a count read back to
+    # the host (a GPU's wait)
+    n_real = (batch.text_len - 1).clamp(min=0).sum()
+    scale = share(n_real) / n_real.clamp(min=1)
     img_kv = None
     if len(buckets) > 1:  # each layer's keys and values of the images projected once for every bucket
         with s.autocast():
             img_kv = model.image_kv(img, n_rows, int(batch.text_len.max()))
-    total, n_real = 0.0, 0
+    total = 0.0
     for rows in buckets:
         lens = batch.text_len[rows]
         ids = batch.text[rows, : int(lens.max())]  # (b, T_bucket): this bucket's pads are cut off
@@ -953,11 +956,10 @@ def _lm_part(model, img: torch.Tensor, batch, s: Session, label_smoothing: float
             logits = model.lm_logits(None, ids, img=img, img_index=None if same_order else img_index[rows],
                                      positions=real, img_kv=img_kv)  # (n, V), or (b, T, V) for every position
         logits = logits.reshape(-1, logits.shape[-1])  # (n, V): x[real]'s row order is row-major too
-        total = total + F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing, reduction="sum")
-        n_real += len(targets)
+        total = total + token_cross_entropy(logits, targets, label_smoothing, scale)
     # a mean over this rank's predicted tokens (grouped or not: every caption's tokens count alike);
     # under torchrun, times its share of the global batch's
-    return total / max(n_real, 1) * share(n_real)
+    return total
 
 
 def vqa_train_loss(model, batch, s: Session) -> torch.Tensor:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -246,6 +247,61 @@ def test_grouped_captions_train_on_images_with_all_their_captions():
     assert json.loads(Path("run/config.json").read_text())["train"]["group_captions"] is True
     with pytest.raises(UserError, match="--group-captions is for tasks caption, retrieval, pretrain"):
         cfg(task="vqa", group_captions=True)
+
+
+# ---------------------------------------------------------------------------- the LM loss's cross-entropy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_token_cross_entropy_gives_the_plain_loss_and_gradient(dtype, smoothing):
+    from mmcli.losses import CE_ROWS, token_cross_entropy
+
+    torch.manual_seed(0)
+    n, v = 2 * CE_ROWS + 37, 500  # chunks of CE_ROWS rows, the last one short
+    logits = (4 * torch.randn(n, v)).to(dtype)
+    targets = torch.randint(0, v, (n,))
+    scale = 1 / n
+
+    def loss_and_grad(fn, g=1.0):
+        x = logits.clone().requires_grad_()
+        loss = fn(x)
+        (loss * g).backward()
+        return loss, x.grad
+
+    ref, ref_grad = loss_and_grad(lambda x: F.cross_entropy(x.float(), targets, label_smoothing=smoothing,
+                                                            reduction="sum") * scale)
+    mine, grad = loss_and_grad(lambda x: token_cross_entropy(x, targets, smoothing, scale))
+    assert mine.dtype == torch.float32 and grad.dtype == dtype
+    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+    # fp32: equal to rounding; bf16: each element within one rounding of the fp32 gradient (both round once)
+    tol = {"rtol": 1e-5, "atol": 1e-8} if dtype == torch.float32 else {"rtol": 2 ** -7, "atol": 1e-7}
+    torch.testing.assert_close(grad.float(), ref_grad.float(), **tol)
+    # a gradient that arrives scaled (the loss times 3 before backward) scales it
+    _, grad3 = loss_and_grad(lambda x: token_cross_entropy(x, targets, smoothing, scale), g=3.0)
+    torch.testing.assert_close(grad3.float(), 3 * grad.float(), rtol=2 ** -7, atol=1e-7)
+
+
+def test_token_cross_entropy_learns_the_targets_and_takes_no_rows():
+    from mmcli.losses import token_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.zeros(6, 9, requires_grad=True)
+    targets = torch.tensor([0, 3, 3, 8, 1, 2])
+    opt = torch.optim.SGD([logits], lr=5.0)
+    first = None
+    for _ in range(40):
+        loss = token_cross_entropy(logits, targets, scale=1 / 6)
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first == pytest.approx(math.log(9), rel=1e-6) and float(loss) < 0.05
+    assert torch.equal(logits.argmax(1), targets)
+    empty = torch.zeros(0, 9, requires_grad=True)
+    out = token_cross_entropy(empty, targets[:0])
+    out.backward()
+    assert float(out) == 0.0 and empty.grad.shape == (0, 9)
 
 
 # ---------------------------------------------------------------------------- --label-smoothing
