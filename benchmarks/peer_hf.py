@@ -36,6 +36,7 @@ the share of the CPU that other processes used while the phase ran: rerun when i
     python benchmarks/peer_hf.py --device cuda          # on a GPU (bf16 autocast / weights there too)
     python benchmarks/peer_hf.py --json out.json        # also the raw timings
     python benchmarks/peer_hf.py --phases train_bf16 --compile --profile 3   # and where each step's time goes
+    python benchmarks/peer_hf.py --phases train_bf16 --profile 3 --profile-shapes --profile-top 40   # per op and shape
 """
 
 from __future__ import annotations
@@ -387,16 +388,18 @@ def profile(a, phases: dict, device) -> None:
     own kernels (fused element-wise work), the products it calls staying aten's."""
     for p, fns in phases.items():
         for name, fn in fns.items():
-            with torch.profiler.profile() as prof:
+            with torch.profiler.profile(record_shapes=a.profile_shapes) as prof:
                 for _ in range(a.profile):
                     fn()
                 sync(device)
-            ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            ops = sorted(prof.key_averages(group_by_input_shape=a.profile_shapes),
+                         key=lambda e: e.self_cpu_time_total, reverse=True)
             total = sum(e.self_cpu_time_total for e in ops) / a.profile / 1e3
             print(f"\n{p}, {name}: {total:.1f} ms of self time a call (mean of {a.profile}); the top ops:")
-            for e in ops[:12]:
+            for e in ops[:a.profile_top]:
                 ms = e.self_cpu_time_total / a.profile / 1e3
-                print(f"  {ms:8.1f} ms  {100 * ms / total:5.1f}%  {e.count // a.profile:5d} calls  {e.key[:70]}")
+                line = f"  {ms:8.1f} ms  {100 * ms / total:5.1f}%  {e.count // a.profile:5d} calls  {e.key[:70]}"
+                print(line + (f"  {str(e.input_shapes)[:90]}" if a.profile_shapes else ""))
 
 
 def report(a, res: dict) -> list[dict]:
@@ -516,6 +519,9 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="After the timing, profile N more calls of each contender of each phase and print "
                          "its most expensive ops (torch.profiler, self time a call).")
+    ap.add_argument("--profile-shapes", action="store_true",
+                    help="With --profile: each op apart per shape of its inputs (the shapes printed too).")
+    ap.add_argument("--profile-top", type=int, default=12, metavar="K", help="With --profile: print the K top ops.")
     ap.add_argument("--json", help="Also write the rows and raw timings to this file.")
     a = ap.parse_args()
     a.phases = [p for p in a.phases.split(",") if p]

@@ -21,10 +21,15 @@ BENCHMARKS.md, "Levers probed and not kept", has the results and why each was le
   in the forward pass: the one lever here that mmcli kept, for the trainer's LM loss on a CPU);
 * ``bias_linear``: the encoder's bf16 linear layers with their bias added inside oneDNN's product
   (``mkldnn._linear_pointwise``) against ``F.linear`` (an ``addmm``), forward only;
+* ``linear_bias_train``: the bf16 training step with the image encoder's linear layers through oneDNN's
+  product with the bias inside it, against ``F.linear``'s ``addmm``, which first copies the bias into
+  its output;
 * ``attention_pad``: the encoder's bf16 attention products at 197 tokens against 208, and its fp32
   SDPA at 197 against 192 and 208;
 * ``patch_linear``: the fp32 patch embedding for inference as oneDNN's prepacked linear over the
-  patches against the convolution.
+  patches against the convolution;
+* ``encoder_chunks``: the fp32 image encoder for inference over the 32 images at once against chunks
+  of 16, 8 and 4 images.
 
     python benchmarks/probe_levers.py                          # every probe
     python benchmarks/probe_levers.py --probes bf16_stream --compile --rounds 10
@@ -50,7 +55,7 @@ import peer_hf  # noqa: E402  (the peer shape's model, batch, training step and 
 from profile_caption_step import interleaved  # noqa: E402
 
 PROBES = ("decode_softmax", "decode_halves", "decode_chunks", "bf16_stream", "whole_compile", "ce_compile",
-          "bias_linear", "attention_pad", "patch_linear")
+          "bias_linear", "linear_bias_train", "attention_pad", "patch_linear", "encoder_chunks")
 BF16 = torch.bfloat16
 
 
@@ -213,6 +218,26 @@ def patch_linear(a) -> None:
            f"; largest difference {err:.1e}")
 
 
+def encoder_chunks(a) -> None:
+    """The fp32 inference model's image encoder (the 0.29 s of a 0.47 s greedy batch) over the 32 images at once
+    and in chunks of 16, 8 and 4 images, whose layers' outputs (6.4 MB instead of 26 MB for the MLP's hidden
+    layer) can stay in cache and in memory already mapped."""
+    peer = shape()
+    torch.manual_seed(0)
+    model = peer_hf.inference_copy(peer, peer_hf.mmcli_model(peer), torch.float32, torch.device("cpu"))
+    images = peer_hf.make_batch(peer, torch.device("cpu")).images
+
+    def encode(k):
+        return lambda: torch.cat([model.encode_image(c) for c in images.split(k)])
+
+    fns = {f"{k} images a call": encode(k) for k in (32, 16, 8, 4)}
+    with torch.no_grad():
+        err = (fns["8 images a call"]() - fns["32 images a call"]()).abs().max().item()
+        times, share = timed(fns, a.rounds)
+    report("encoder_chunks: the fp32 image encoder for inference, 32 images", times, "32 images a call", share,
+           note=f"; largest difference {err:.1e}")
+
+
 # ============================================================================ training
 
 
@@ -330,6 +355,52 @@ def bias_linear(a) -> None:
         print(f"  {name[9:]:12s} F.linear {f_ms:6.2f} ms, oneDNN {o_ms:6.2f} ms: "
               f"{statistics.median(r):.3f}x ({min(r):.3f}-{max(r):.3f})")
     print(f"  one of each: F.linear {total['F.linear']:.2f} ms, oneDNN {total['oneDNN']:.2f} ms")
+
+
+class _BF16BiasLinear(torch.autograd.Function):
+    """y = x W^T + b under bf16 autocast through oneDNN's product with the bias inside it (no broadcast copy of
+    the bias into the output first, as ``addmm``); the gradients through ``mm``, cast back as autocast does."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        x2 = x.reshape(-1, x.shape[-1]).to(BF16).contiguous()
+        w16 = w.to(BF16)
+        y = torch.ops.mkldnn._linear_pointwise(x2, w16, None if b is None else b.to(BF16), "none", [], "")
+        ctx.save_for_backward(x2, w16)
+        ctx.x_dtype, ctx.w_dtype, ctx.has_bias = x.dtype, w.dtype, b is not None
+        return y.view(*x.shape[:-1], w.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, w16 = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1]).to(BF16)
+        gx = (g2 @ w16).view(*grad.shape[:-1], w16.shape[1]).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        gw = (g2.t() @ x2).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        gb = g2.sum(0, dtype=torch.float32) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+def linear_bias_train(a) -> None:
+    """The bf16 training step with the linear layers of 4,096 rows or more (the image encoder's) through
+    ``_BF16BiasLinear`` against ``F.linear`` (an ``addmm``: its broadcast copy of the bias was 15 ms of a
+    profiled step)."""
+    from mmcli.model import packed
+
+    model, batch = training()
+    other = copy.deepcopy(model)
+    for m in other.modules():
+        if isinstance(m, packed.PackedLinear):
+            def forward(x, m=m, plain=m.forward):
+                if (torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
+                        and x.numel() >= packed.MIN_TRAIN_ROWS * x.shape[-1]):
+                    return m._activate(_BF16BiasLinear.apply(x, m.weight, m.bias))
+                return plain(x)
+            m.forward = forward
+    fns = {"F.linear (addmm)": step_of(model, batch), "oneDNN, bias inside": step_of(other, batch)}
+    for f in fns.values():
+        f()
+    times, share = timed(fns, a.rounds)
+    report("linear_bias_train: bf16 training step", times, "F.linear (addmm)", share)
 
 
 def attention_pad(a) -> None:
