@@ -30,10 +30,10 @@ class _TokenCrossEntropy(torch.autograd.Function):
     """``token_cross_entropy``'s loss, with its gradient made in the forward pass, chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, logits, targets, label_smoothing: float, scale: float):
+    def forward(ctx, logits, targets, label_smoothing: float, scale: float, need_grad: bool):
         n, v = logits.shape
         eps = label_smoothing
-        grad = torch.empty_like(logits)
+        grad = torch.empty_like(logits) if need_grad else None  # (validation: the loss alone)
         lse = torch.empty(n, dtype=torch.float32, device=logits.device)  # each row's log-sum-exp
         mean = torch.empty_like(lse) if eps else None  # each row's mean logit (label smoothing's term)
         buf = torch.empty(min(CE_ROWS, n), v, dtype=torch.float32, device=logits.device)
@@ -48,6 +48,8 @@ class _TokenCrossEntropy(torch.autograd.Function):
             x.sub_(top).exp_()
             total = x.sum(1, keepdim=True)
             torch.add(top.squeeze(1), total.squeeze(1).log(), out=lse[i:i + m])
+            if grad is None:
+                continue
             # d loss / d logits = scale (softmax - (1 - eps) onehot - eps / V)
             x.mul_(scale / total)
             x[ar[:m], targets[i:i + m]] -= (1 - eps) * scale
@@ -64,13 +66,13 @@ class _TokenCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
-        return grad * g, None, None, None
+        return grad * g, None, None, None, None
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
                         scale: float | torch.Tensor = 1.0) -> torch.Tensor:
     """``F.cross_entropy(logits.float(), targets, label_smoothing=..., reduction="sum") * scale`` for (n, V)
-    logits of any float dtype, as an fp32 scalar.
+    logits of any float dtype and (n,) class indices, every row counted (no ``ignore_index``), as an fp32 scalar.
 
     On a CPU it works through the logits 128 rows at a time in one fp32 buffer that stays in cache, and
     writes the gradient (in the logits' dtype) in the same pass, where the plain loss makes an fp32 copy
@@ -83,7 +85,8 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoot
         return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing, reduction="sum") * scale
     if not len(targets):
         return logits.sum() * 0.0
-    return _TokenCrossEntropy.apply(logits, targets, float(label_smoothing), float(scale))
+    need_grad = torch.is_grad_enabled() and logits.requires_grad
+    return _TokenCrossEntropy.apply(logits, targets, float(label_smoothing), float(scale), need_grad)
 
 
 def next_token_targets(ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -277,6 +277,8 @@ def test_token_cross_entropy_gives_the_plain_loss_and_gradient(dtype, smoothing)
     # fp32: equal to rounding; bf16: each element within one rounding of the fp32 gradient (both round once)
     tol = {"rtol": 1e-5, "atol": 1e-8} if dtype == torch.float32 else {"rtol": 2 ** -7, "atol": 1e-7}
     torch.testing.assert_close(grad.float(), ref_grad.float(), **tol)
+    with torch.no_grad():  # (validation: no gradient made)
+        torch.testing.assert_close(token_cross_entropy(logits, targets, smoothing, scale), mine.detach())
     # a gradient that arrives scaled (the loss times 3 before backward) scales it
     _, grad3 = loss_and_grad(lambda x: token_cross_entropy(x, targets, smoothing, scale), g=3.0)
     torch.testing.assert_close(grad3.float(), 3 * grad.float(), rtol=2 ** -7, atol=1e-7)
