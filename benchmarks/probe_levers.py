@@ -315,6 +315,7 @@ def whole_compile(a) -> None:
 
 
 def ce_compile(a) -> None:
+    from mmcli import losses
     from mmcli.losses import token_cross_entropy
 
     logits = torch.randn(640, 8000, dtype=BF16, requires_grad=True)
@@ -331,8 +332,20 @@ def ce_compile(a) -> None:
 
     compiled = torch.compile(ce)
     of(compiled)()
-    times, share = timed({"eager": repeat(of(ce), 5), "compiled": repeat(of(compiled), 5),
-                          "token_cross_entropy (mmcli's, kept)": repeat(of(token_cross_entropy), 5)}, a.rounds)
+
+    def chunked(rows):  # token_cross_entropy with chunks of other sizes than losses.CE_ROWS
+        def run(x, y):
+            before, losses.CE_ROWS = losses.CE_ROWS, rows
+            try:
+                return token_cross_entropy(x, y)
+            finally:
+                losses.CE_ROWS = before
+        return run
+
+    fns = {"eager": repeat(of(ce), 5), "compiled": repeat(of(compiled), 5),
+           f"mmcli's (kept), {losses.CE_ROWS} rows a chunk": repeat(of(token_cross_entropy), 5)}
+    fns.update({f"mmcli's, {r} rows a chunk": repeat(of(chunked(r)), 5) for r in (64, 256)})
+    times, share = timed(fns, a.rounds)
     report("ce_compile: cross-entropy of (640, 8000) bf16 logits, forward and backward", times, "eager", share, 5)
 
 

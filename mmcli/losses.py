@@ -19,10 +19,10 @@ def lm_loss(logits: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
 
 
 # rows of logits a chunk of token_cross_entropy works on: 128 x a vocabulary of 8,000 in fp32 is 4 MB, which
-# stays in cache through the chunk's passes (benchmarks/probe_levers.py ce_fused: 64 and 256 were slower)
+# stays in cache through the chunk's passes (benchmarks/probe_levers.py --probes ce_compile times 64 and 256 too)
 CE_ROWS = 128
 # False: token_cross_entropy is the plain loss on a CPU too (the ablation of benchmarks/peer_hf.py --ablate-train ce
-# and benchmarks/ablate.py fused_ce=0)
+# and benchmarks/ablate.py FUSED_CE=0)
 FUSED_CE = True
 
 
@@ -76,9 +76,9 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoot
 
     On a CPU it works through the logits 128 rows at a time in one fp32 buffer that stays in cache, and
     writes the gradient (in the logits' dtype) in the same pass, where the plain loss makes an fp32 copy
-    of all the logits, its log-softmax, a zero-filled gradient and its cast back, each in fresh memory:
-    at a batch of 640 tokens and 8,000 words that is about 25 ms of a 700 ms bf16 training step on this
-    machine (BENCHMARKS.md). The gradient is rounded once, as the plain loss's is, when the loss is
+    of all the logits, its log-softmax, a zero-filled gradient and its cast back: at a batch of 640 tokens
+    and 8,000 words, about 25 ms of a 757 ms profiled bf16 training step on the 2-core development machine
+    (BENCHMARKS.md). The gradient is rounded once, as the plain loss's is, when the loss is
     backpropagated as it is (``scale`` carries the mean's division); the sum of a chunked fp32 reduction
     can differ from the plain one in the last bits. Elsewhere (CUDA: one fused kernel) it is the plain loss."""
     if logits.device.type != "cpu" or not FUSED_CE:
