@@ -77,7 +77,7 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoot
     On a CPU it works through the logits 128 rows at a time in one fp32 buffer that stays in cache, and
     writes the gradient (in the logits' dtype) in the same pass, where the plain loss makes an fp32 copy
     of all the logits, its log-softmax, a zero-filled gradient and its cast back: at a batch of 640 tokens
-    and 8,000 words, about 25 ms of a 757 ms profiled bf16 training step on the 2-core development machine
+    and 8,000 words, 10-24 ms of a 650-860 ms profiled bf16 training step on the 2-core development machine
     (BENCHMARKS.md). The gradient is rounded once, as the plain loss's is, when the loss is
     backpropagated as it is (``scale`` carries the mean's division); the sum of a chunked fp32 reduction
     can differ from the plain one in the last bits. Elsewhere (CUDA: one fused kernel) it is the plain loss."""
