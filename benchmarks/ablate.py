@@ -34,6 +34,16 @@ SWITCHES = ("pack_text", "fold_cross_attention", "share_image_kv", "pack_fusion"
             "fast_masks", "FUSED_CE")
 
 
+def switch_owner(name: str):
+    """The class (or module) whose attribute ``name`` is the switch (benchmarks/peer_hf.py --ablate-train too)."""
+    from mmcli import losses
+    from mmcli.model.transformer import Attention, Dropout
+    from mmcli.model.vlm import VLM
+
+    return {"fold_context": Attention, "attend_by_context": Attention, "fast_masks": Dropout,
+            "FUSED_CE": losses}.get(name, VLM)
+
+
 def main(argv: list[str]) -> int:
     if "--" not in argv:
         print("usage: ablate.py [SWITCH=0|1 ...] -- MMCLI ARGS (switches: " + ", ".join(SWITCHES) + ")",
@@ -43,20 +53,16 @@ def main(argv: list[str]) -> int:
     settings, command = argv[:cut], argv[cut + 1:]
     import torch
 
-    from mmcli import losses, train
+    from mmcli import train
     from mmcli.cli import main as mmcli_main
-    from mmcli.model.transformer import Attention, Dropout
-    from mmcli.model.vlm import VLM
 
-    owner = {name: {"fold_context": Attention, "attend_by_context": Attention, "fast_masks": Dropout,
-                    "FUSED_CE": losses}.get(name, VLM) for name in SWITCHES}
     for setting in settings:
         name, _, value = setting.partition("=")
         if name not in SWITCHES or value not in ("0", "1"):
             print(f"ablate.py: {setting!r}: give SWITCH=0 or SWITCH=1, SWITCH one of {', '.join(SWITCHES)}",
                   file=sys.stderr)
             return 2
-        setattr(owner[name], name, value == "1")
+        setattr(switch_owner(name), name, value == "1")
 
     spent = {"forward (losses)": 0.0, "backward": 0.0, "optimizer": 0.0, "validation": 0.0}
 
@@ -73,7 +79,7 @@ def main(argv: list[str]) -> int:
     train._optimizer_step = timed(train._optimizer_step, "optimizer")
     train.validate = timed(train.validate, "validation")
     torch.Tensor.backward = timed(torch.Tensor.backward, "backward")
-    on = {name: getattr(owner[name], name) for name in SWITCHES}
+    on = {name: getattr(switch_owner(name), name) for name in SWITCHES}
     atexit.register(lambda: print(f"ablate.py {on}: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()),
                                   file=sys.stderr))
     return mmcli_main(command)

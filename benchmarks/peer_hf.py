@@ -146,30 +146,28 @@ def mmcli_train_step(model, opt, batch, dtype: torch.dtype | None) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-# --ablate-train NAME: the switch it turns off for mmcli's step (owner, attribute), the name of the timed
-# variant, and what that variant does instead
+# --ablate-train NAME: the switch it turns off for mmcli's step (one of benchmarks/ablate.py's), the name of
+# the timed variant, and what that variant does instead
 ABLATIONS = {
-    "fold": ("mmcli.model.transformer:Attention", "fold_context", "mmcli unfolded",
+    "fold": ("fold_context", "mmcli unfolded",
              "with the cross-attention unfolded (each layer's keys and values of the image projected)"),
-    "ce": ("mmcli.losses", "FUSED_CE", "mmcli plain CE",
+    "ce": ("FUSED_CE", "mmcli plain CE",
            "with the plain cross-entropy (F.cross_entropy over an fp32 copy of the logits)"),
 }
 
 
 def ablated(name: str, fn) -> None:
     """fn() with the switch of ``ABLATIONS[name]`` off."""
-    import importlib
+    from ablate import switch_owner
 
-    module, _, cls = ABLATIONS[name][0].partition(":")
-    owner = importlib.import_module(module)
-    owner = getattr(owner, cls) if cls else owner
-    attr = ABLATIONS[name][1]
-    before = getattr(owner, attr)
-    setattr(owner, attr, False)
+    switch = ABLATIONS[name][0]
+    owner = switch_owner(switch)
+    before = getattr(owner, switch)
+    setattr(owner, switch, False)
     try:
         fn()
     finally:
-        setattr(owner, attr, before)
+        setattr(owner, switch, before)
 
 
 def hf_train_step(model, opt, b, bf16: bool) -> None:
@@ -327,7 +325,7 @@ def contenders(a, device, mm, hf, gen, b):
         if compiled is not None:
             fns["mmcli --compile"] = lambda: mmcli_train_step(compiled, opt_c, b, dtype)
         for name in a.ablate_train:
-            fns[ABLATIONS[name][2]] = lambda name=name: ablated(name, lambda: mmcli_train_step(mm, opt_mm, b, dtype))
+            fns[ABLATIONS[name][1]] = lambda name=name: ablated(name, lambda: mmcli_train_step(mm, opt_mm, b, dtype))
         return fns
 
     def generate(beam, bf16):
@@ -414,7 +412,7 @@ def report(a, res: dict) -> list[dict]:
             rows.append(_row(a, res, p, (mm_name, by_name[mm_name]), (hf_name, by_name[hf_name])))
             for other in hf_names:
                 rows[-1][f"{other} per s"] = a.batch / statistics.median(by_name[other])
-            ablation = next((k for k, v in ABLATIONS.items() if v[2] == mm_name), None)
+            ablation = next((k for k, v in ABLATIONS.items() if v[1] == mm_name), None)
             if ablation:  # the switch's gain: mmcli's step against this one, per round
                 gains = [u / f for u, f in zip(by_name[mm_name], by_name["mmcli"])]
                 rows[-1].update(ablation=ablation, gain=statistics.median(gains), gain_min=min(gains),
@@ -460,7 +458,7 @@ def print_table(a, rows: list[dict], device) -> None:
               f"({r['phase'].rsplit('_', 1)[1]}, median of the rounds)")
     for r in (r for r in rows if "gain" in r):
         print(f"{r['phase'].split()[0]}: mmcli's step {r['gain']:.2f}x ({r['gain_min']:.2f}-{r['gain_max']:.2f}) "
-              f"as fast as {ABLATIONS[r['ablation']][3]}, in the same rounds")
+              f"as fast as {ABLATIONS[r['ablation']][2]}, in the same rounds")
     busy = [r["phase"] for r in rows if (r["cpu_other"] or 0) > 0.05]
     if busy:
         print(f"note: other processes used over 5% of the CPU during {', '.join(busy)}: rerun on an idle machine")
