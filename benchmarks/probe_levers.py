@@ -95,19 +95,24 @@ def timed(fns: dict, rounds: int) -> tuple[dict, float | None]:
 # ============================================================================ generation
 
 
-def decoding_model():
-    """The peer shape's fp32 inference model as ``mmcli.load`` makes it, its image encoded once, and the
-    greedy decoding of 20 tokens for the batch."""
-    from mmcli.model.generate import greedy
-
+def inference_model():
+    """The peer shape's fp32 inference model as ``mmcli.load`` makes it, and the batch's 32 images."""
     a = shape()
     torch.manual_seed(0)
     model = peer_hf.inference_copy(a, peer_hf.mmcli_model(a), torch.float32, torch.device("cpu"))
-    images = peer_hf.make_batch(a, torch.device("cpu")).images
+    return model, peer_hf.make_batch(a, torch.device("cpu")).images
+
+
+def decoding_model():
+    """:func:`inference_model`, its image encoded once, and the greedy decoding of 20 tokens for the batch."""
+    from mmcli.model.generate import greedy
+
+    model, images = inference_model()
     with torch.no_grad():
         img = model.encode_image(images)
     model.encode_image = lambda x: img[: len(x)]  # the steps alone: the image comes encoded
-    return model, images, lambda imgs: greedy(model, imgs, 1, 2, a.text_len, min_len=a.text_len)
+    n = shape().text_len
+    return model, images, lambda imgs: greedy(model, imgs, 1, 2, n, min_len=n)
 
 
 def folded_forward_with(average):
@@ -222,10 +227,7 @@ def encoder_chunks(a) -> None:
     """The fp32 inference model's image encoder (the 0.29 s of a 0.47 s greedy batch) over the 32 images at once
     and in chunks of 16, 8 and 4 images, whose layers' outputs (6.4 MB instead of 26 MB for the MLP's hidden
     layer) can stay in cache and in memory already mapped."""
-    peer = shape()
-    torch.manual_seed(0)
-    model = peer_hf.inference_copy(peer, peer_hf.mmcli_model(peer), torch.float32, torch.device("cpu"))
-    images = peer_hf.make_batch(peer, torch.device("cpu")).images
+    model, images = inference_model()
 
     def encode(k):
         return lambda: torch.cat([model.encode_image(c) for c in images.split(k)])
@@ -370,33 +372,10 @@ def bias_linear(a) -> None:
     print(f"  one of each: F.linear {total['F.linear']:.2f} ms, oneDNN {total['oneDNN']:.2f} ms")
 
 
-class _BF16BiasLinear(torch.autograd.Function):
-    """y = x W^T + b under bf16 autocast through oneDNN's product with the bias inside it (no broadcast copy of
-    the bias into the output first, as ``addmm``); the gradients through ``mm``, cast back as autocast does."""
-
-    @staticmethod
-    def forward(ctx, x, w, b):
-        x2 = x.reshape(-1, x.shape[-1]).to(BF16).contiguous()
-        w16 = w.to(BF16)
-        y = torch.ops.mkldnn._linear_pointwise(x2, w16, None if b is None else b.to(BF16), "none", [], "")
-        ctx.save_for_backward(x2, w16)
-        ctx.x_dtype, ctx.w_dtype, ctx.has_bias = x.dtype, w.dtype, b is not None
-        return y.view(*x.shape[:-1], w.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x2, w16 = ctx.saved_tensors
-        g2 = grad.reshape(-1, grad.shape[-1]).to(BF16)
-        gx = (g2 @ w16).view(*grad.shape[:-1], w16.shape[1]).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        gw = (g2.t() @ x2).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
-        gb = g2.sum(0, dtype=torch.float32) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb
-
-
 def linear_bias_train(a) -> None:
-    """The bf16 training step with the linear layers of 4,096 rows or more (the image encoder's) through
-    ``_BF16BiasLinear`` against ``F.linear`` (an ``addmm``: its broadcast copy of the bias was 15 ms of a
-    profiled step)."""
+    """The bf16 training step with the linear layers of 4,096 rows or more (the image encoder's) through fp32
+    training's oneDNN layer (``packed._OneDNNLinear``: the bias inside oneDNN's product, no broadcast copy of it
+    into the output first as ``addmm`` makes) on the bf16 casts autocast would make, against ``F.linear``."""
     from mmcli.model import packed
 
     model, batch = training()
@@ -406,7 +385,8 @@ def linear_bias_train(a) -> None:
             def forward(x, m=m, plain=m.forward):
                 if (torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
                         and x.numel() >= packed.MIN_TRAIN_ROWS * x.shape[-1]):
-                    return m._activate(_BF16BiasLinear.apply(x, m.weight, m.bias))
+                    b = None if m.bias is None else m.bias.to(BF16)
+                    return m._activate(packed._OneDNNLinear.apply(x.to(BF16), m.weight.to(BF16), b))
                 return plain(x)
             m.forward = forward
     fns = {"F.linear (addmm)": step_of(model, batch), "oneDNN, bias inside": step_of(other, batch)}
